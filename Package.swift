@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "tunneld",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tunneld", targets: ["tunneld"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // libssh2, imported by SSHTransport only.
+        .systemLibrary(
+            name: "CLibSSH2",
+            pkgConfig: "libssh2",
+            providers: [.apt(["libssh2-1-dev"])]
+        ),
+        // The configuration language: pure Swift, no sockets, no C.
+        .target(name: "TunnelConfig"),
+        // The libssh2 wrapper: sessions, channels, host keys, authentication.
+        .target(
+            name: "SSHTransport",
+            dependencies: ["CLibSSH2", "TunnelConfig"]
+        ),
+        // Listeners, session pool, event loops and the byte pump.
+        .target(
+            name: "TunnelCore",
+            dependencies: [
+                "TunnelConfig", "SSHTransport",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "tunneld",
+            dependencies: [
+                "TunnelConfig", "TunnelCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "TunnelConfigTests", dependencies: ["TunnelConfig"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TunnelConfig"]),
+    ],
+    swiftLanguageModes: [.v5]
+)
