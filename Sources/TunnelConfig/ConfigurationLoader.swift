@@ -26,3 +26,13 @@ public struct ConfigurationLoader: Sendable {
         Configuration(diagnostics: [Diagnostic(.error, at: nil, "configuration loading is not written yet")])
     }
 }
+
+import Foundation
+
+extension ConfigurationLoader.Environment {
+    /// The environment of the account this process runs as.
+    public static var current: Self {
+        let env = ProcessInfo.processInfo.environment
+        return Self(userName: env["USER"] ?? NSUserName(), homeDirectory: NSHomeDirectory(), agentSocket: env["SSH_AUTH_SOCK"])
+    }
+}

@@ -62,15 +62,6 @@ struct Tunneld: ParsableCommand {
     }
 }
 
-extension ConfigurationLoader.Environment {
-    /// The environment of the account tunneld runs as.
-    static var current: Self {
-        let env = ProcessInfo.processInfo.environment
-        let user = env["USER"] ?? NSUserName()
-        return Self(userName: user, homeDirectory: NSHomeDirectory(), agentSocket: env["SSH_AUTH_SOCK"])
-    }
-}
-
 extension Logger.Level {
     init?(configurationName: String?) {
         guard let name = configurationName?.lowercased(), let level = Logger.Level(rawValue: name) else { return nil }
