@@ -1,0 +1,33 @@
+import CLibSSH2
+
+/// A failure reported by libssh2 or by the socket under it, with the function that failed.
+public struct SSHError: Error, CustomStringConvertible, Sendable {
+    /// The `LIBSSH2_ERROR_*` code, or 0 for failures that are not libssh2's.
+    public var code: Int32
+    /// libssh2's own text, or ours.
+    public var message: String
+    /// The C function (or step) that failed.
+    public var function: String
+
+    public init(code: Int32, message: String, function: String) {
+        self.code = code
+        self.message = message
+        self.function = function
+    }
+
+    public var description: String { message }
+
+    /// Whether the failure is libssh2 asking to be called again later.
+    var isWouldBlock: Bool { code == LIBSSH2_ERROR_EAGAIN }
+}
+
+/// Makes sure `libssh2_init` has run once before any session is made.
+enum SSHLibrary {
+    private static let initialized: Bool = {
+        libssh2_init(0) == 0
+    }()
+
+    static func initialize() {
+        precondition(initialized, "libssh2_init failed")
+    }
+}

@@ -1,0 +1,159 @@
+import Foundation
+import Logging
+import SSHTransport
+import TunnelConfig
+
+/// Why a session could not be set up, as one sentence for the log and for waiting clients.
+struct ConnectFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Sets up one SSH session for a session key: TCP connect, handshake, host-key check and
+/// authentication, all within the connect timeout. Runs on the session's own thread.
+struct SessionConnector {
+    let key: SessionKey
+    let connectTimeout: Double
+    let logger: Logger
+
+    /// Returns an authenticated session, or throws `ConnectFailure` saying what went wrong.
+    func connect() throws -> SSHSession {
+        let deadline = ContinuousClock.now + .milliseconds(Int(connectTimeout * 1000))
+        let fd: Int32
+        do {
+            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
+        } catch {
+            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
+        }
+        do {
+            let session = try SSHSession(socket: fd)
+            let knownHosts = KnownHosts.load(paths: key.knownHosts)
+            let known = knownHosts.keys(forHost: key.server.host, port: key.server.port)
+            if key.fingerprint == nil {
+                session.preferHostKeyAlgorithms(Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)))
+            }
+            try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
+            try verifyHostKey(try session.hostKey(), known: known)
+            try authenticate(session, by: deadline)
+            return session
+        } catch let failure as ConnectFailure {
+            throw failure
+        } catch {
+            throw ConnectFailure(description: "\(error)")
+        }
+    }
+
+    /// The host key algorithms libssh2 1.10 can verify, in the order known_hosts lists them.
+    static func supportedAlgorithms(in keyTypes: [String]) -> [String] {
+        let supported: Set<String> = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+        var seen = Set<String>()
+        return keyTypes.filter { supported.contains($0) && seen.insert($0).inserted }
+    }
+
+    // MARK: Host key
+
+    private func verifyHostKey(_ hostKey: HostKey, known: [KnownHostKey]) throws {
+        let fingerprint = hostKey.fingerprint
+        if let pinned = key.fingerprint {
+            guard Self.normalizedFingerprint(pinned) == fingerprint else {
+                throw ConnectFailure(description: "host key of \(key.server) is \(hostKey.algorithm) \(fingerprint), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
+            }
+            return
+        }
+        let line = KnownHosts.entryLine(host: key.server.host, port: key.server.port, keyType: hostKey.algorithm, key: hostKey.blob)
+        if let match = known.first(where: { $0.keyType == hostKey.algorithm && $0.key == hostKey.blob }) {
+            if match.isRevoked {
+                throw ConnectFailure(description: "host key of \(key.server) (\(hostKey.algorithm) \(fingerprint)) is marked @revoked at \(match.location)")
+            }
+            return
+        }
+        if let previous = known.first(where: { !$0.isRevoked }) {
+            throw ConnectFailure(description: "HOST KEY CHANGED for \(key.server): server sent \(hostKey.algorithm) \(fingerprint) but \(previous.location) holds another key; if the change is expected, replace that line with: \(line)")
+        }
+        switch key.hostKeyPolicy {
+        case .strict:
+            let file = key.knownHosts.first ?? "~/.ssh/known_hosts"
+            throw ConnectFailure(description: "unknown host key for \(key.server): \(hostKey.algorithm) \(fingerprint); after checking the fingerprint, add this line to \(file): \(line)")
+        case .acceptNew:
+            guard let file = key.knownHosts.first else {
+                throw ConnectFailure(description: "unknown host key for \(key.server) and no known_hosts file to pin it in")
+            }
+            do {
+                try Self.append(line: line, to: file)
+            } catch {
+                throw ConnectFailure(description: "cannot pin the host key of \(key.server) in \(file): \(error)")
+            }
+            logger.notice("pinned new host key", metadata: [
+                "ssh.host": "\(key.server)", "host_key.fingerprint": "\(fingerprint)", "known_hosts": "\(file)",
+            ])
+        }
+    }
+
+    /// `SHA256:abc=` and `SHA256:abc` mean the same key.
+    static func normalizedFingerprint(_ text: String) -> String {
+        var value = text.trimmingCharacters(in: .whitespaces)
+        while value.hasSuffix("=") { value.removeLast() }
+        return value
+    }
+
+    private static func append(line: String, to path: String) throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        if !FileManager.default.fileExists(atPath: path) {
+            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o644])
+        }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        let end = try handle.seekToEnd()
+        var text = line + "\n"
+        if end > 0 {
+            try handle.seek(toOffset: end - 1)
+            if let last = try handle.read(upToCount: 1), last != Data("\n".utf8) { text = "\n" + text }
+            try handle.seekToEnd()
+        }
+        try handle.write(contentsOf: Data(text.utf8))
+    }
+
+    // MARK: Authentication
+
+    private func authenticate(_ session: SSHSession, by deadline: ContinuousClock.Instant) throws {
+        var tried: [String] = []
+        var problems: [String] = []
+        if let agent = key.identityAgent, FileManager.default.fileExists(atPath: agent) {
+            tried.append("agent")
+            do {
+                if try session.authenticateWithAgent(user: key.user, socketPath: agent, by: deadline) { return }
+            } catch {
+                problems.append("\(error)")
+            }
+        }
+        for identity in key.identities where FileManager.default.fileExists(atPath: identity) {
+            tried.append(identity)
+            let passphrase = try key.identityPassphraseFile.map(Self.readPassphrase)
+            do {
+                try session.complete("authentication with \(identity)", by: deadline) {
+                    try session.authenticate(user: key.user, privateKeyFile: identity, passphrase: passphrase)
+                }
+                return
+            } catch let error as SSHError {
+                if session.isPeerClosed { throw ConnectFailure(description: "\(key.server) closed the connection during authentication") }
+                problems.append("\(identity): \(error.message)")
+            }
+        }
+        if tried.isEmpty {
+            throw ConnectFailure(description: "no key to log in to \(key.server) with: no ssh-agent and none of \(key.identities.joined(separator: ", ")) exists; set identity")
+        }
+        var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
+        if !problems.isEmpty { sentence += ": " + problems.joined(separator: "; ") }
+        throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
+    }
+
+    private static func readPassphrase(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
+            throw ConnectFailure(description: "cannot read identity_passphrase_file \(path)")
+        }
+        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
+        return text
+    }
+}

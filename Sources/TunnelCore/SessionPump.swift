@@ -1,0 +1,360 @@
+import Glibc
+import Logging
+import SSHTransport
+import TunnelConfig
+
+/// The event loop of one connected SSH session: opens channels for new clients one at a
+/// time, copies bytes both ways for every channel, probes the server when it is quiet, and
+/// returns when the session lingered out, was told to stop, or died.
+final class SessionPump {
+    /// Why `run` returned.
+    enum Ending {
+        case lingeredOut
+        case stopped
+        case died(String)
+    }
+
+    /// A queued channel open: a client's, or a keepalive probe.
+    private enum PendingOpen {
+        case client(Connection)
+        case probe
+    }
+
+    private let session: SSHSession
+    private let settings: SessionSettings
+    private let wakeup: Wakeup
+    private let logger: Logger
+
+    private var connections: [Connection] = []
+    private var openQueue: [PendingOpen] = []
+    private var opening: (open: PendingOpen, startedAt: ContinuousClock.Instant, timeout: Double, abandoned: Bool)?
+    private var probeQueued = false
+    private var closingChannels: [SSHChannel] = []
+    /// The connections of the last poll set, in its order.
+    private var polledConnections: [Connection] = []
+    private var idleSince: ContinuousClock.Instant? = .now
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Stop reading clients while the session's unsent output is above this.
+    private let outputHighWater = 4 << 20
+
+    init(session: SSHSession, settings: SessionSettings, wakeup: Wakeup, logger: Logger) {
+        self.session = session
+        self.settings = settings
+        self.wakeup = wakeup
+        self.logger = logger
+    }
+
+    deinit {
+        scratch.deallocate()
+    }
+
+    /// Clients that had no channel yet when the session ended; the caller moves them on.
+    private(set) var orphans: [Connection] = []
+
+    /// Pumps until the session ends.
+    /// - `takeNewClients` hands over clients queued for this session.
+    /// - `shouldStop` says the daemon is stopping.
+    /// - `retireIfIdle` is asked once the linger time has passed with no client; `true` ends the loop.
+    func run(takeNewClients: () -> [Connection], shouldStop: () -> Bool, retireIfIdle: () -> Bool) -> Ending {
+        var pollSet: [pollfd] = []
+        while true {
+            if shouldStop() {
+                closeAll(.shutdown)
+                return .stopped
+            }
+            for client in takeNewClients() { openQueue.append(.client(client)) }
+
+            let ending: Ending?
+            do {
+                ending = try step(pollSet: pollSet, retireIfIdle: retireIfIdle)
+            } catch {
+                ending = .died(Self.describe(error))
+            }
+            if let ending {
+                if case .died(let reason) = ending { closeAll(.sshFailed(reason)) }
+                return ending
+            }
+
+            pollSet = buildPollSet()
+            _ = poll(&pollSet, nfds_t(pollSet.count), nextTimeout())
+            if pollSet[0].revents != 0 { wakeup.drain() }
+        }
+    }
+
+    /// One pass over everything that may have progressed. Returns an ending, or nil to go on.
+    private func step(pollSet: [pollfd], retireIfIdle: () -> Bool) throws -> Ending? {
+        let now = ContinuousClock.now
+        let sessionEvents = pollSet.count > 1 ? pollSet[1].revents : 0
+        if sessionEvents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
+            return .died("the connection to the server was lost")
+        }
+        try session.flush()
+        if session.isPeerClosed { return .died("the server closed the connection") }
+
+        try progressOpen(now: now)
+        var clientEvents: [ObjectIdentifier: Int16] = [:]
+        for (index, connection) in polledConnections.enumerated() {
+            clientEvents[ObjectIdentifier(connection)] = pollSet[index + 2].revents
+        }
+        for connection in connections {
+            try pump(connection, revents: clientEvents[ObjectIdentifier(connection)] ?? 0)
+        }
+        connections.removeAll { $0.channel == nil }
+        closingChannels.removeAll { $0.free() }
+        if sessionEvents & Int16(POLLIN) != 0 && connections.isEmpty && opening == nil && !probeQueued {
+            // The server spoke while no channel was there to read it: a probe takes it in.
+            openQueue.append(.probe)
+            probeQueued = true
+            try progressOpen(now: now)
+        }
+        try session.flush()
+
+        let silence = (now - session.lastReceived).seconds
+        if silence > settings.silenceLimit {
+            return .died("no answer from the server for \(Int(silence)) s (keepalive)")
+        }
+        if silence > settings.keepalive.interval && !probeQueued {
+            openQueue.append(.probe)
+            probeQueued = true
+            try progressOpen(now: now)
+        }
+
+        if connections.isEmpty && opening == nil && openQueue.isEmpty {
+            let since = idleSince ?? now
+            idleSince = since
+            if !settings.isPersistent && (now - since).seconds >= settings.linger && retireIfIdle() {
+                return .lingeredOut
+            }
+        } else {
+            idleSince = nil
+        }
+        return nil
+    }
+
+    /// Whether no channel can take what the server sends now: every client is behind, and
+    /// nothing waits to be written. Then the session socket is not read, so that the
+    /// server's data waits in the kernel and in the channel windows, not in our memory.
+    private var isSessionReadPaused: Bool {
+        guard !connections.isEmpty, opening == nil, openQueue.isEmpty else { return false }
+        return connections.allSatisfy { ($0.serverEOF || !$0.toClient.isEmpty) && $0.toServer.isEmpty }
+    }
+
+    // MARK: Channel opens
+
+    /// Advances the channel open under way, or starts the next queued one.
+    private func progressOpen(now: ContinuousClock.Instant) throws {
+        while true {
+            if opening == nil {
+                guard !openQueue.isEmpty else { return }
+                let next = openQueue.removeFirst()
+                let wasIdle = (now - session.lastReceived).seconds > settings.keepalive.interval
+                opening = (next, now, settings.openTimeout(sessionWasIdle: wasIdle), false)
+            }
+            guard let current = opening else { return }
+            switch current.open {
+            case .probe:
+                guard try session.probe() != nil else { return try checkOpenDeadline(now: now) }
+                probeQueued = false
+            case .client(let connection):
+                let channel: SSHChannel?
+                do {
+                    channel = try session.openDirectTCPIP(
+                        host: connection.service.target.host, port: connection.service.target.port,
+                        originatorHost: connection.peer.host, originatorPort: connection.peer.port,
+                        window: 2 << 20)
+                } catch let error as SSHError where SSHSession.isChannelRefusal(error) {
+                    opening = nil
+                    if !current.abandoned { connection.finish(.refused(error.message), logger: logger) }
+                    continue
+                }
+                guard let channel else { return try checkOpenDeadline(now: now) }
+                if current.abandoned {
+                    closingChannels.append(channel)
+                } else {
+                    connection.channel = channel
+                    connections.append(connection)
+                }
+            }
+            opening = nil
+        }
+    }
+
+    /// Gives up on a channel open the server has not answered in time. If the server said
+    /// nothing at all meanwhile, the session is dead; otherwise only this client is given up,
+    /// and the answer, when it comes, is thrown away.
+    private func checkOpenDeadline(now: ContinuousClock.Instant) throws {
+        guard let current = opening, !current.abandoned, (now - current.startedAt).seconds > current.timeout else { return }
+        if session.lastReceived < current.startedAt {
+            throw SSHError(code: -9, message: "the server did not answer a channel open within \(Self.format(current.timeout)) s", function: "libssh2_channel_open_ex")
+        }
+        opening?.abandoned = true
+        if case .client(let connection) = current.open {
+            connection.finish(.sshFailed("the server did not answer the channel open within \(Self.format(current.timeout)) s"), logger: logger)
+        }
+    }
+
+    // MARK: Copying
+
+    /// Moves bytes both ways for one connection.
+    private func pump(_ connection: Connection, revents: Int16) throws {
+        guard let channel = connection.channel else { return }
+        do {
+            // Server to client.
+            if !connection.toClient.isEmpty, revents & Int16(POLLOUT | POLLERR | POLLHUP) != 0 {
+                if let error = connection.flushToClient() { throw ClientFailure(code: error) }
+            }
+            while connection.toClient.isEmpty && !connection.serverEOF {
+                switch try channel.read(into: scratch) {
+                case .wouldBlock:
+                    break
+                case .endOfFile:
+                    connection.serverEOF = true
+                    continue
+                case .bytes(let count):
+                    connection.bytesDown += count
+                    try deliverToClient(connection, UnsafeRawBufferPointer(rebasing: scratch[0..<count]))
+                    continue
+                }
+                break
+            }
+            if connection.serverEOF && connection.toClient.isEmpty && !connection.clientShutDown {
+                shutdown(connection.client, Int32(SHUT_WR))
+                connection.clientShutDown = true
+            }
+
+            // Client to server.
+            try connection.toServer.drain(throwing: channel.write)
+            if connection.toServer.isEmpty && !connection.clientEOF
+                && revents & Int16(POLLIN | POLLHUP | POLLERR) != 0
+                && session.pendingOutputCount < outputHighWater {
+                try readClient(connection, into: channel)
+            }
+            if connection.clientEOF && connection.toServer.isEmpty && !connection.channelEOFSent {
+                if try channel.sendEOF() != nil { connection.channelEOFSent = true }
+            }
+        } catch let failure as ClientFailure {
+            close(connection, .clientError(failure.description))
+            return
+        }
+        if connection.isFinished {
+            close(connection, .ok)
+        }
+    }
+
+    /// Reads what the client sent (one scratch buffer's worth) and offers it to the channel.
+    private func readClient(_ connection: Connection, into channel: SSHChannel) throws {
+        let count = recv(connection.client, scratch.baseAddress, scratch.count, 0)
+        if count == 0 {
+            connection.clientEOF = true
+            return
+        }
+        if count < 0 {
+            if errno == EAGAIN || errno == EINTR { return }
+            throw ClientFailure(code: errno)
+        }
+        connection.bytesUp += count
+        var offset = 0
+        while offset < count {
+            guard let taken = try channel.write(UnsafeRawBufferPointer(rebasing: scratch[offset..<count])) else { break }
+            offset += taken
+        }
+        if offset < count {
+            connection.toServer.store(UnsafeRawBufferPointer(rebasing: scratch[offset..<count]))
+        }
+    }
+
+    private func deliverToClient(_ connection: Connection, _ bytes: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let written = send(connection.client, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            if written >= 0 {
+                offset += written
+                continue
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN { break }
+            throw ClientFailure(code: errno)
+        }
+        if offset < bytes.count {
+            connection.toClient.store(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+        }
+    }
+
+    /// Ends one connection: its channel is closed in the background, its client now.
+    private func close(_ connection: Connection, _ outcome: ConnectionOutcome) {
+        if let channel = connection.channel {
+            if !channel.free() { closingChannels.append(channel) }
+            connection.channel = nil
+        }
+        connection.finish(outcome, logger: logger)
+    }
+
+    /// Ends every connection: those with a channel get what already arrived first.
+    private func closeAll(_ outcome: ConnectionOutcome) {
+        for connection in connections {
+            _ = connection.flushToClient()
+            connection.channel = nil
+            connection.finish(connection.isFinished ? .ok : outcome, logger: logger)
+        }
+        connections.removeAll()
+        closingChannels.removeAll()
+        if let current = opening, !current.abandoned, case .client(let connection) = current.open {
+            orphans.append(connection)
+        }
+        opening = nil
+        for case .client(let connection) in openQueue { orphans.append(connection) }
+        openQueue.removeAll()
+    }
+
+    // MARK: Polling
+
+    /// The descriptors to wait on: the wake-up pipe, the session socket, then each client
+    /// (in `polledConnections` order). A client with nothing to wait for is left out (fd -1),
+    /// so that a hang-up it reported already does not wake the loop again and again.
+    private func buildPollSet() -> [pollfd] {
+        var set: [pollfd] = []
+        set.reserveCapacity(connections.count + 2)
+        set.append(pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0))
+        var sessionEvents = session.pollEvents
+        if isSessionReadPaused { sessionEvents &= ~Int16(POLLIN) }
+        set.append(pollfd(fd: session.socket, events: sessionEvents, revents: 0))
+        let mayRead = session.pendingOutputCount < outputHighWater
+        for connection in connections {
+            var events: Int16 = 0
+            if mayRead && connection.toServer.isEmpty && !connection.clientEOF { events |= Int16(POLLIN) }
+            if !connection.toClient.isEmpty { events |= Int16(POLLOUT) }
+            set.append(pollfd(fd: events == 0 ? -1 : connection.client, events: events, revents: 0))
+        }
+        polledConnections = connections
+        return set
+    }
+
+    /// Milliseconds until the next timer: keepalive, open deadline, or linger.
+    private func nextTimeout() -> Int32 {
+        let now = ContinuousClock.now
+        var deadline = session.lastReceived + Duration(seconds: probeQueued ? settings.silenceLimit : settings.keepalive.interval)
+        if let current = opening, !current.abandoned {
+            deadline = min(deadline, current.startedAt + Duration(seconds: current.timeout))
+        }
+        if let idleSince, !settings.isPersistent {
+            deadline = min(deadline, idleSince + Duration(seconds: settings.linger))
+        }
+        if deadline <= now { return 0 }
+        return Socket.milliseconds(until: deadline + .milliseconds(5))
+    }
+
+    static func describe(_ error: Error) -> String {
+        if let error = error as? SSHError { return error.message }
+        return "\(error)"
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
+}
+
+/// A client socket failed; only that connection ends.
+private struct ClientFailure: Error, CustomStringConvertible {
+    var code: Int32
+    var description: String { String(cString: strerror(code)) }
+}

@@ -1,0 +1,38 @@
+import TunnelConfig
+
+/// How one shared SSH session behaves, merged from every service that uses it: the longest
+/// linger and connect timeout, the most frequent keepalive, and persistent if any service is.
+struct SessionSettings {
+    var key: SessionKey
+    var linger: Double
+    var isPersistent: Bool
+    var keepalive: Keepalive
+    var connectTimeout: Double
+
+    init(key: SessionKey, services: [Service]) {
+        self.key = key
+        linger = services.map(\.linger).max() ?? 30
+        isPersistent = services.contains(where: \.isPersistent)
+        keepalive = services.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
+        connectTimeout = services.map(\.connectTimeout).max() ?? 10
+    }
+
+    /// Seconds of silence from the server after which the session counts as dead.
+    var silenceLimit: Double { keepalive.interval * Double(keepalive.count + 1) }
+
+    /// How long a channel open may wait for the server's answer.
+    func openTimeout(sessionWasIdle: Bool) -> Double {
+        sessionWasIdle ? min(3, connectTimeout) : connectTimeout
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a `Double`.
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+
+    init(seconds: Double) {
+        self = .nanoseconds(Int64(seconds * 1e9))
+    }
+}

@@ -1,0 +1,180 @@
+import Glibc
+import TunnelConfig
+
+/// A failure of a socket call, with the call's name and `errno`'s text.
+public struct SocketError: Error, CustomStringConvertible {
+    public var function: String
+    public var code: Int32
+    public var description: String { "\(function): \(String(cString: strerror(code)))" }
+
+    init(_ function: String, code: Int32 = errno) {
+        self.function = function
+        self.code = code
+    }
+}
+
+/// Thin wrappers over the POSIX socket calls the daemon makes; each returns a descriptor
+/// it owns or throws `SocketError`.
+enum Socket {
+    /// Opens a listening TCP socket on `address` (numeric host), with `SO_REUSEADDR`, non-blocking.
+    static func listen(on address: ListenAddress, backlog: Int32 = 511) throws -> Int32 {
+        var storage = try socketAddress(host: address.host, port: address.port)
+        let fd = Glibc.socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket") }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        if storage.ss_family == sa_family_t(AF_INET6) {
+            var v6only: Int32 = address.host == "::" ? 0 : 1
+            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &v6only, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let length = storage.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(length)) }
+        }
+        guard bound == 0 else {
+            let error = SocketError("bind", code: errno)
+            Glibc.close(fd)
+            throw error
+        }
+        guard Glibc.listen(fd, backlog) == 0 else {
+            let error = SocketError("listen", code: errno)
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Accepts one client, non-blocking, with `TCP_NODELAY`. Returns `nil` when none is waiting.
+    static func accept(from listener: Int32) throws -> (fd: Int32, peer: Endpoint)? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        while true {
+            let fd = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.accept(listener, $0, &length)
+                }
+            }
+            if fd >= 0 {
+                setNonBlocking(fd)
+                setNoDelay(fd)
+                return (fd, endpoint(of: storage))
+            }
+            switch errno {
+            case EINTR, ECONNABORTED: continue
+            case EAGAIN, EWOULDBLOCK: return nil
+            default: throw SocketError("accept")
+            }
+        }
+    }
+
+    /// Connects to `host`:`port` (names resolved), trying each address until `deadline`.
+    /// Returns a connected non-blocking socket with `TCP_NODELAY`.
+    static func connect(host: String, port: UInt16, by deadline: ContinuousClock.Instant) throws -> Int32 {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_ADDRCONFIG
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &list)
+        guard status == 0, let list else {
+            throw ResolveError(host: host, message: String(cString: gai_strerror(status)))
+        }
+        defer { freeaddrinfo(list) }
+        var lastError = SocketError("connect", code: ECONNREFUSED)
+        var entry: UnsafeMutablePointer<addrinfo>? = list
+        while let info = entry {
+            entry = info.pointee.ai_next
+            let fd = Glibc.socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            guard fd >= 0 else { lastError = SocketError("socket"); continue }
+            if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
+                var descriptor = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let milliseconds = max(0, milliseconds(until: deadline))
+                let ready = poll(&descriptor, 1, milliseconds)
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+                if ready > 0 && error == 0 {
+                    setNoDelay(fd)
+                    return fd
+                }
+                lastError = SocketError("connect", code: ready == 0 ? ETIMEDOUT : error)
+            } else {
+                lastError = SocketError("connect")
+            }
+            Glibc.close(fd)
+            if ContinuousClock.now >= deadline { break }
+        }
+        throw lastError
+    }
+
+    /// Sets `O_NONBLOCK` and `FD_CLOEXEC`.
+    static func setNonBlocking(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+    }
+
+    static func setNoDelay(_ fd: Int32) {
+        var on: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Milliseconds from now to `deadline`, rounded up, at least 0, at most a day.
+    static func milliseconds(until deadline: ContinuousClock.Instant) -> Int32 {
+        let remaining = deadline - ContinuousClock.now
+        if remaining <= .zero { return 0 }
+        let ms = remaining.components.seconds * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1
+        return Int32(min(ms, 86_400_000))
+    }
+
+    private static func socketAddress(host: String, port: UInt16) throws -> sockaddr_storage {
+        var storage = sockaddr_storage()
+        if host.contains(":") {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else { throw SocketError("inet_pton", code: EINVAL) }
+            withUnsafeMutableBytes(of: &storage) { target in
+                withUnsafeBytes(of: &address) { target.copyMemory(from: $0) }
+            }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SocketError("inet_pton", code: EINVAL) }
+            withUnsafeMutableBytes(of: &storage) { target in
+                withUnsafeBytes(of: &address) { target.copyMemory(from: $0) }
+            }
+        }
+        return storage
+    }
+
+    /// The numeric host and port of a socket address.
+    static func endpoint(of storage: sockaddr_storage) -> Endpoint {
+        var storage = storage
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        if storage.ss_family == sa_family_t(AF_INET6) {
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { address in
+                    var raw = address.pointee.sin6_addr
+                    inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
+                    var host = String(cString: text)
+                    if host.hasPrefix("::ffff:") && host.contains(".") { host.removeFirst(7) }
+                    return Endpoint(host: host, port: UInt16(bigEndian: address.pointee.sin6_port))
+                }
+            }
+        }
+        return withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { address in
+                var raw = address.pointee.sin_addr
+                inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+                return Endpoint(host: String(cString: text), port: UInt16(bigEndian: address.pointee.sin_port))
+            }
+        }
+    }
+}
+
+/// A host name that did not resolve.
+struct ResolveError: Error, CustomStringConvertible {
+    var host: String
+    var message: String
+    var description: String { "cannot resolve \(host): \(message)" }
+}
