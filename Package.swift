@@ -42,6 +42,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "TunnelConfigTests", dependencies: ["TunnelConfig"]),
+        .testTarget(name: "SSHTransportTests", dependencies: ["SSHTransport"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TunnelConfig"]),
     ],

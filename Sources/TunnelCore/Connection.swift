@@ -79,7 +79,7 @@ struct PendingBytes {
     }
 
     /// Like `drain`, for a writer that throws.
-    mutating func drain(throwing write: (UnsafeRawBufferPointer) throws -> Int?) throws {
+    mutating func drainIntoChannel(_ write: (UnsafeRawBufferPointer) throws -> Int?) throws {
         while head < storage.count {
             guard let taken = try storage.withUnsafeBytes({ try write(UnsafeRawBufferPointer(rebasing: $0[head...])) }) else { return }
             head += taken

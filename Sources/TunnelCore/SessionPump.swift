@@ -223,7 +223,7 @@ final class SessionPump {
             }
 
             // Client to server.
-            try connection.toServer.drain(throwing: channel.write)
+            try connection.toServer.drainIntoChannel(channel.write)
             if connection.toServer.isEmpty && !connection.clientEOF
                 && revents & Int16(POLLIN | POLLHUP | POLLERR) != 0
                 && session.pendingOutputCount < outputHighWater {

@@ -1,0 +1,39 @@
+import TunnelConfig
+import XCTest
+@testable import TunnelCore
+
+final class SessionSettingsTests: XCTestCase {
+    private func service(_ name: String, linger: Double, persistent: Bool, keepalive: Keepalive, timeout: Double) -> Service {
+        Service(
+            name: name, location: SourceLocation(file: "test.conf", line: 1),
+            listen: Endpoint(host: "127.0.0.1", port: 7777), server: Endpoint(host: "bastion.example.org", port: 22),
+            user: "kiosk", target: Endpoint(host: "carbon", port: 6001),
+            linger: linger, isPersistent: persistent, keepalive: keepalive, connectTimeout: timeout)
+    }
+
+    func testServicesSharingASessionMergeToTheMostDemandingSettings() {
+        let a = service("a", linger: 5, persistent: false, keepalive: Keepalive(interval: 15, count: 3), timeout: 4)
+        let b = service("b", linger: 60, persistent: true, keepalive: Keepalive(interval: 5, count: 2), timeout: 10)
+        XCTAssertEqual(a.sessionKey, b.sessionKey)
+        let settings = SessionSettings(key: a.sessionKey, services: [a, b])
+        XCTAssertEqual(settings.linger, 60)
+        XCTAssertTrue(settings.isPersistent)
+        XCTAssertEqual(settings.keepalive, Keepalive(interval: 5, count: 2))
+        XCTAssertEqual(settings.connectTimeout, 10)
+        XCTAssertEqual(settings.silenceLimit, 15)
+    }
+
+    func testAnIdleSessionGetsAShortOpenBound() {
+        let a = service("a", linger: 5, persistent: false, keepalive: Keepalive(), timeout: 10)
+        let settings = SessionSettings(key: a.sessionKey, services: [a])
+        XCTAssertEqual(settings.openTimeout(sessionWasIdle: true), 3)
+        XCTAssertEqual(settings.openTimeout(sessionWasIdle: false), 10)
+    }
+
+    func testHostKeyAlgorithmsAreThoseLibSSH2CanCheckInKnownHostsOrder() {
+        XCTAssertEqual(
+            SessionConnector.supportedAlgorithms(in: ["ssh-ed25519", "ssh-dss", "ecdsa-sha2-nistp256", "ssh-ed25519"]),
+            ["ssh-ed25519", "ecdsa-sha2-nistp256"])
+        XCTAssertEqual(SessionConnector.normalizedFingerprint(" SHA256:abc= "), "SHA256:abc")
+    }
+}
