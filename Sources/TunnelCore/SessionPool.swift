@@ -46,7 +46,7 @@ final class SessionPool {
         if isStopping {
             refusal = "tunneld is stopping"
         } else if var state = states[key] {
-            if let retryAt = state.retryAt, retryAt > .now, !state.settings.isPersistent {
+            if let retryAt = state.retryAt, retryAt > .now {
                 refusal = state.lastError ?? "connecting failed"
             } else if state.loop?.enqueue(connection) != true {
                 let loop = SessionLoop(settings: state.settings, pool: self, logger: logger)
