@@ -8,9 +8,10 @@ import TunnelConfig
 /// here (`toServer`, `toClient`), and while it does, that direction reads nothing more. So a
 /// connection holds at most one read's worth of bytes per direction.
 final class Connection {
-    let client: Int32
+    let client: ClientEnd
     let peer: Endpoint
     let service: Service
+    let stats: ServiceStats
     let acceptedAt = ContinuousClock.now
     /// Whether this client was already moved once from a session that died under it.
     var isRetry = false
@@ -32,10 +33,14 @@ final class Connection {
     var bytesUp = 0
     var bytesDown = 0
 
-    init(client: Int32, peer: Endpoint, service: Service) {
+    /// Called once when the connection has ended, after its log line (e.g. to free a limit slot).
+    var onFinish: (() -> Void)?
+
+    init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats) {
         self.client = client
         self.peer = peer
         self.service = service
+        self.stats = stats
     }
 
     /// Both directions are finished and nothing is left to deliver.
@@ -46,9 +51,43 @@ final class Connection {
     /// Writes as much of `toClient` as the client takes. Returns `errno` on a hard error.
     func flushToClient() -> Int32? {
         toClient.drain { bytes in
-            let written = send(client, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL))
+            let written = write(client.output, bytes.baseAddress, bytes.count)
             return written >= 0 ? written : (errno == EAGAIN || errno == EINTR ? 0 : -Int(errno))
         }
+    }
+}
+
+/// The client's side of a connection: one socket, or two descriptors (`--stdio`).
+/// Both are non-blocking; SIGPIPE is ignored, so writes to a closed peer fail with EPIPE.
+struct ClientEnd {
+    let input: Int32
+    let output: Int32
+
+    /// A connected socket used both ways.
+    init(socket: Int32) {
+        input = socket
+        output = socket
+    }
+
+    /// Separate descriptors for reading and writing, e.g. standard input and output.
+    init(input: Int32, output: Int32) {
+        self.input = input
+        self.output = output
+    }
+
+    /// Says "no more data" to the client: a TCP half-close, or closing the output pipe.
+    func shutdownOutput() {
+        if input == output {
+            shutdown(output, Int32(SHUT_WR))
+        } else if shutdown(output, Int32(SHUT_WR)) != 0 {
+            Glibc.close(output)
+        }
+    }
+
+    /// Closes the descriptors.
+    func close() {
+        Glibc.close(input)
+        if output != input { Glibc.close(output) }
     }
 }
 

@@ -13,6 +13,10 @@ enum ConnectionOutcome: CustomStringConvertible {
     case clientError(String)
     /// The daemon stopped before the connection finished.
     case shutdown
+    /// A limit (`instances`, `per_source`, `cps`) turned the client away.
+    case limit(String)
+    /// `only_from` / `no_access` turned the client away.
+    case access(String)
 
     var description: String {
         switch self {
@@ -21,6 +25,8 @@ enum ConnectionOutcome: CustomStringConvertible {
         case .sshFailed(let reason): return "ssh-failed: \(reason)"
         case .clientError(let reason): return "client-error: \(reason)"
         case .shutdown: return "shutdown"
+        case .limit(let which): return "limit: \(which)"
+        case .access(let rule): return "access: \(rule)"
         }
     }
 
@@ -28,14 +34,25 @@ enum ConnectionOutcome: CustomStringConvertible {
         if case .ok = self { return true }
         return false
     }
+
+    /// The key under which status counts this outcome as a refusal, if it is one.
+    var refusalKind: String? {
+        switch self {
+        case .ok, .shutdown, .clientError: return nil
+        case .refused(let reason): return "refused: \(reason)"
+        case .sshFailed: return "ssh-failed"
+        case .limit(let which): return "limit: \(which)"
+        case .access: return "access"
+        }
+    }
 }
 
 extension Connection {
     /// Closes the client and writes the connection's one log line.
     func finish(_ outcome: ConnectionOutcome, logger: Logger) {
-        Glibc.close(client)
-        let duration = ContinuousClock.now - acceptedAt
-        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        client.close()
+        let seconds = (ContinuousClock.now - acceptedAt).seconds
+        stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
         logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [
             "service": "\(service.name)",
             "peer": "\(peer)",
@@ -46,6 +63,8 @@ extension Connection {
             "bytes.down": "\(bytesDown)",
             "result": "\(outcome)",
         ])
+        onFinish?()
+        onFinish = nil
     }
 }
 

@@ -26,7 +26,7 @@ public final class Daemon {
         for service in configuration.services {
             do {
                 let fd = try Socket.listen(on: service.listen)
-                endpoints.append(Listener.Endpoint(fd: fd, service: service))
+                endpoints.append(Listener.Endpoint(fd: fd, service: service, stats: ServiceStats()))
                 logger.info("listening", metadata: [
                     "service": "\(service.name)", "listen": "\(service.listen)",
                     "via": "\(service.user)@\(service.server)", "target": "\(service.target)",

@@ -10,6 +10,7 @@ final class Listener {
     struct Endpoint {
         let fd: Int32
         let service: Service
+        let stats: ServiceStats
     }
 
     private let endpoints: [Endpoint]
@@ -64,7 +65,8 @@ final class Listener {
                     for _ in 0..<64 {
                         guard let (fd, peer) = try Socket.accept(from: endpoint.fd) else { break }
                         hasLoggedExhaustion = false
-                        pool.dispatch(Connection(client: fd, peer: peer, service: endpoint.service))
+                        endpoint.stats.connectionStarted()
+                        pool.dispatch(Connection(client: ClientEnd(socket: fd), peer: peer, service: endpoint.service, stats: endpoint.stats))
                     }
                 } catch let error as SocketError where error.code == EMFILE || error.code == ENFILE || error.code == ENOBUFS || error.code == ENOMEM {
                     if !hasLoggedExhaustion {

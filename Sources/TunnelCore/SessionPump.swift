@@ -30,7 +30,8 @@ final class SessionPump {
     private var opening: (open: PendingOpen, startedAt: ContinuousClock.Instant, timeout: Double, abandoned: Bool)?
     private var probeQueued = false
     private var closingChannels: [SSHChannel] = []
-    /// The connections of the last poll set, in its order.
+    /// The connection of each client entry of the last poll set, in its order (a connection
+    /// with separate input and output descriptors has two entries).
     private var polledConnections: [Connection] = []
     private var idleSince: ContinuousClock.Instant? = .now
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
@@ -93,8 +94,8 @@ final class SessionPump {
 
         try progressOpen(now: now)
         var clientEvents: [ObjectIdentifier: Int16] = [:]
-        for (index, connection) in polledConnections.enumerated() {
-            clientEvents[ObjectIdentifier(connection)] = pollSet[index + 2].revents
+        for (index, connection) in polledConnections.enumerated() where pollSet[index + 2].revents != 0 {
+            clientEvents[ObjectIdentifier(connection), default: 0] |= pollSet[index + 2].revents
         }
         for connection in connections {
             try pump(connection, revents: clientEvents[ObjectIdentifier(connection)] ?? 0)
@@ -218,7 +219,7 @@ final class SessionPump {
                 break
             }
             if connection.serverEOF && connection.toClient.isEmpty && !connection.clientShutDown {
-                shutdown(connection.client, Int32(SHUT_WR))
+                connection.client.shutdownOutput()
                 connection.clientShutDown = true
             }
 
@@ -243,7 +244,7 @@ final class SessionPump {
 
     /// Reads what the client sent (one scratch buffer's worth) and offers it to the channel.
     private func readClient(_ connection: Connection, into channel: SSHChannel) throws {
-        let count = recv(connection.client, scratch.baseAddress, scratch.count, 0)
+        let count = read(connection.client.input, scratch.baseAddress, scratch.count)
         if count == 0 {
             connection.clientEOF = true
             return
@@ -266,7 +267,7 @@ final class SessionPump {
     private func deliverToClient(_ connection: Connection, _ bytes: UnsafeRawBufferPointer) throws {
         var offset = 0
         while offset < bytes.count {
-            let written = send(connection.client, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            let written = write(connection.client.output, bytes.baseAddress! + offset, bytes.count - offset)
             if written >= 0 {
                 offset += written
                 continue
@@ -319,13 +320,22 @@ final class SessionPump {
         if isSessionReadPaused { sessionEvents &= ~Int16(POLLIN) }
         set.append(pollfd(fd: session.socket, events: sessionEvents, revents: 0))
         let mayRead = session.pendingOutputCount < outputHighWater
+        polledConnections.removeAll(keepingCapacity: true)
         for connection in connections {
-            var events: Int16 = 0
-            if mayRead && connection.toServer.isEmpty && !connection.clientEOF { events |= Int16(POLLIN) }
-            if !connection.toClient.isEmpty { events |= Int16(POLLOUT) }
-            set.append(pollfd(fd: events == 0 ? -1 : connection.client, events: events, revents: 0))
+            let wantsInput = mayRead && connection.toServer.isEmpty && !connection.clientEOF
+            let wantsOutput = !connection.toClient.isEmpty
+            let client = connection.client
+            if client.input == client.output {
+                let events = (wantsInput ? Int16(POLLIN) : 0) | (wantsOutput ? Int16(POLLOUT) : 0)
+                set.append(pollfd(fd: events == 0 ? -1 : client.input, events: events, revents: 0))
+                polledConnections.append(connection)
+            } else {
+                set.append(pollfd(fd: wantsInput ? client.input : -1, events: Int16(POLLIN), revents: 0))
+                set.append(pollfd(fd: wantsOutput ? client.output : -1, events: Int16(POLLOUT), revents: 0))
+                polledConnections.append(connection)
+                polledConnections.append(connection)
+            }
         }
-        polledConnections = connections
         return set
     }
 
