@@ -3,17 +3,21 @@ import Glibc
 import Logging
 import TunnelConfig
 
-/// Runs the services of a configuration until SIGTERM or SIGINT.
+/// Runs the services of a configuration: binds their sockets, serves clients, reloads on
+/// SIGHUP and drains on SIGTERM or SIGINT.
 public final class Daemon {
-    let configuration: Configuration
-    let logger: Logger
+    private var configuration: Configuration
+    private let reloadConfiguration: () -> Configuration
+    private let logger: Logger
 
-    public init(configuration: Configuration, logger: Logger) {
+    /// - `reloadConfiguration` reads the configuration again, for SIGHUP.
+    public init(configuration: Configuration, reloadConfiguration: @escaping () -> Configuration, logger: Logger) {
         self.configuration = configuration
+        self.reloadConfiguration = reloadConfiguration
         self.logger = logger
     }
 
-    /// Listens on every service and serves clients; returns when the daemon stops.
+    /// Listens on every service and serves clients; returns when the daemon has stopped.
     /// Throws only when no service could be started.
     public func run() throws {
         signal(SIGPIPE, SIG_IGN)
@@ -22,24 +26,9 @@ public final class Daemon {
         for number in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, number) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        var endpoints: [Listener.Endpoint] = []
-        for service in configuration.services {
-            do {
-                let fd = try Socket.listen(on: service.listen)
-                endpoints.append(Listener.Endpoint(fd: fd, service: service, stats: ServiceStats()))
-                logger.info("listening", metadata: [
-                    "service": "\(service.name)", "listen": "\(service.listen)",
-                    "via": "\(service.user)@\(service.server)", "target": "\(service.target)",
-                ])
-            } catch {
-                logger.error("cannot listen; service not started", metadata: [
-                    "service": "\(service.name)", "listen": "\(service.listen)", "error": "\(error)",
-                    "file": "\(service.location)",
-                ])
-            }
-        }
+        let endpoints = configuration.services.compactMap { bind($0, stats: ServiceStats()) }
         guard !endpoints.isEmpty else {
-            throw DaemonError(description: "no service could listen")
+            throw DaemonError(description: "no service could listen; see the errors above")
         }
         let pool = SessionPool(services: endpoints.map(\.service), logger: logger)
         pool.startPersistentSessions()
@@ -51,19 +40,99 @@ public final class Daemon {
             var received: Int32 = 0
             guard sigwait(&signals, &received) == 0 else { continue }
             if received == SIGHUP {
-                logger.warning("reload is not supported yet; restart tunneld to apply a new configuration")
+                reload(listener: listener, pool: pool)
                 continue
             }
             break
         }
-        logger.notice("stopping")
+        let drainSeconds = configuration.globals.shutdownTimeout
+        logger.notice("stopping", metadata: ["drain.seconds": "\(SessionPump.format(drainSeconds))"])
         listener.stop()
-        pool.stopAll()
-        let deadline = ContinuousClock.now + .seconds(5)
-        while pool.hasLiveLoops && ContinuousClock.now < deadline {
-            usleep(20_000)
+        let deadline = ContinuousClock.now + Duration(seconds: drainSeconds)
+        pool.stopAll(drainUntil: deadline)
+        while pool.hasLiveLoops && ContinuousClock.now < deadline + .seconds(2) {
+            usleep(10_000)
         }
         logger.notice("stopped")
+    }
+
+    /// Opens the listening socket of `service`, or logs why it cannot and returns nil.
+    private func bind(_ service: Service, stats: ServiceStats) -> Listener.Endpoint? {
+        do {
+            let fd = try Socket.listen(on: service.listen)
+            logger.info("listening", metadata: [
+                "service": "\(service.name)", "listen": "\(service.listen)",
+                "via": "\(service.user)@\(service.server)", "target": "\(service.target)",
+            ])
+            return Listener.Endpoint(fd: fd, service: service, stats: stats)
+        } catch {
+            var advice = ""
+            if let error = error as? SocketError {
+                if error.code == EACCES { advice = "; ports below 1024 need root or CAP_NET_BIND_SERVICE" }
+                if error.code == EADDRINUSE { advice = "; another program listens there (see ss -ltnp)" }
+            }
+            logger.error("cannot listen; service not started", metadata: [
+                "service": "\(service.name)", "listen": "\(service.listen)", "error": "\(error)\(advice)",
+                "file": "\(service.location)",
+            ])
+            return nil
+        }
+    }
+
+    /// Re-reads the configuration; with errors keeps everything as it is. Otherwise mark and
+    /// sweep: unchanged services keep their sockets and connections, changed ones keep their
+    /// socket unless the address changed, removed ones stop accepting while their live
+    /// connections finish, new ones start.
+    private func reload(listener: Listener, pool: SessionPool) {
+        logger.notice("reloading")
+        let next = reloadConfiguration()
+        if next.hasErrors {
+            for diagnostic in next.diagnostics where diagnostic.severity == .error {
+                logger.error("\(diagnostic)")
+            }
+            logger.error("reload refused: the configuration has errors; still running the previous one")
+            return
+        }
+        for diagnostic in next.diagnostics { logger.warning("\(diagnostic)") }
+
+        let running = Dictionary(uniqueKeysWithValues: listener.currentEndpoints.map { ($0.service.name, $0) })
+        let wanted = Dictionary(next.services.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var added = 0, changed = 0, unchanged = 0
+        let removedNames = Set(running.keys).subtracting(wanted.keys)
+        let moved = Set(running.compactMap { name, endpoint in
+            wanted[name].map { $0.listen != endpoint.service.listen } == true ? name : nil
+        })
+        listener.remove(names: removedNames.union(moved))
+
+        for service in next.services {
+            guard let current = running[service.name] else {
+                if let endpoint = bind(service, stats: ServiceStats()) {
+                    listener.upsert(endpoint)
+                    added += 1
+                }
+                continue
+            }
+            if Self.isSame(current.service, service) {
+                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats))
+                unchanged += 1
+            } else if moved.contains(service.name) {
+                if let endpoint = bind(service, stats: current.stats) { listener.upsert(endpoint) }
+                changed += 1
+            } else {
+                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats))
+                changed += 1
+            }
+        }
+        pool.update(services: listener.currentEndpoints.map(\.service))
+        configuration = next
+        logger.notice("reloaded: \(added) added, \(changed) changed, \(removedNames.count) removed, \(unchanged) unchanged")
+    }
+
+    /// Whether two versions of a service behave the same (where they were written does not matter).
+    static func isSame(_ a: Service, _ b: Service) -> Bool {
+        var b = b
+        b.location = a.location
+        return a == b
     }
 }
 

@@ -17,7 +17,7 @@ final class SessionLoop {
     private let lock = NSLock()
     private var inbox: [Connection] = []
     private var hasRetired = false
-    private var isStopping = false
+    private var stopping = SessionPump.Stopping.no
 
     init(settings: SessionSettings, pool: SessionPool, logger: Logger) {
         self.settings = settings
@@ -42,18 +42,32 @@ final class SessionLoop {
         return true
     }
 
-    /// Asks the loop to close its connections and end.
-    func stop() {
+    /// Asks the loop to end once its connections are done, closing what is left at
+    /// `deadline`. With no deadline (a reload removed or changed its services) it also takes
+    /// no more clients: the pool starts a new loop for those.
+    func stop(drainUntil deadline: ContinuousClock.Instant?) {
         lock.lock()
-        isStopping = true
+        stopping = .whenIdle(deadline: deadline)
+        if deadline == nil { hasRetired = true }
         lock.unlock()
         wakeup.signal()
     }
 
-    private var shouldStop: Bool {
+    private var currentStopping: SessionPump.Stopping {
         lock.lock()
         defer { lock.unlock() }
-        return isStopping
+        return stopping
+    }
+
+    private var shouldStop: Bool {
+        if case .whenIdle = currentStopping { return true }
+        return false
+    }
+
+    private var inboxIsEmpty: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return inbox.isEmpty
     }
 
     private func takeInbox() -> [Connection] {
@@ -89,7 +103,7 @@ final class SessionLoop {
 
     private func run() {
         let connector = SessionConnector(key: settings.key, connectTimeout: settings.connectTimeout, logger: logger)
-        while !shouldStop {
+        while !(shouldStop && inboxIsEmpty) {
             if let wait = pool.backoffRemaining(for: settings.key) {
                 // Only a persistent loop waits out a backoff; the pool turns clients away meanwhile.
                 sleep(seconds: wait)
@@ -121,14 +135,18 @@ final class SessionLoop {
             logger.info("session up", metadata: upMetadata)
 
             let pump = SessionPump(session: session, settings: settings, wakeup: wakeup, logger: logger)
-            let ending = pump.run(takeNewClients: takeInbox, shouldStop: { shouldStop }, retireIfIdle: retireIfIdle)
+            let ending = pump.run(takeNewClients: takeInbox, stopping: { currentStopping }, retireIfIdle: retireIfIdle)
             var downMetadata = metadata
             switch ending {
             case .lingeredOut:
                 downMetadata["reason"] = "idle for \(SessionPump.format(settings.linger)) s (linger)"
                 session.disconnect(reason: "idle")
             case .stopped:
-                downMetadata["reason"] = "tunneld is stopping"
+                if case .whenIdle(deadline: nil) = currentStopping {
+                    downMetadata["reason"] = "no service uses it after the reload"
+                } else {
+                    downMetadata["reason"] = "tunneld is stopping"
+                }
                 session.disconnect(reason: "shutting down")
             case .died(let reason):
                 downMetadata["reason"] = "\(reason)"

@@ -16,6 +16,8 @@ final class SessionPool {
     private let lock = NSLock()
     private var states: [SessionKey: KeyState] = [:]
     private var isStopping = false
+    /// Every loop whose thread still runs, including those a reload detached from their key.
+    private var liveLoops: [ObjectIdentifier: SessionLoop] = [:]
     private let logger: Logger
 
     init(services: [Service], logger: Logger) {
@@ -30,8 +32,8 @@ final class SessionPool {
     func startPersistentSessions() {
         lock.lock()
         defer { lock.unlock() }
-        for (key, state) in states where state.settings.isPersistent && state.loop == nil {
-            let loop = SessionLoop(settings: state.settings, pool: self, logger: logger)
+        for (key, state) in states where state.settings.isPersistent && state.loop == nil && !isStopping {
+            let loop = makeLoop(state.settings)
             states[key]?.loop = loop
             loop.start()
         }
@@ -49,7 +51,7 @@ final class SessionPool {
             if let retryAt = state.retryAt, retryAt > .now {
                 refusal = state.lastError ?? "connecting failed"
             } else if state.loop?.enqueue(connection) != true {
-                let loop = SessionLoop(settings: state.settings, pool: self, logger: logger)
+                let loop = makeLoop(state.settings)
                 state.loop = loop
                 states[key] = state
                 _ = loop.enqueue(connection)
@@ -60,6 +62,13 @@ final class SessionPool {
         }
         lock.unlock()
         if let refusal { connection.finish(.sshFailed(refusal), logger: logger) }
+    }
+
+    /// A new loop, counted as live until it ends. Call with the lock held.
+    private func makeLoop(_ settings: SessionSettings) -> SessionLoop {
+        let loop = SessionLoop(settings: settings, pool: self, logger: logger)
+        liveLoops[ObjectIdentifier(loop)] = loop
+        return loop
     }
 
     /// How long a persistent loop must still wait before connecting again, if at all.
@@ -98,21 +107,51 @@ final class SessionPool {
         defer { lock.unlock() }
         let key = loop.settings.key
         if states[key]?.loop === loop { states[key]?.loop = nil }
+        liveLoops[ObjectIdentifier(loop)] = nil
     }
 
-    /// Stops every loop; their connections are closed.
-    func stopAll() {
+    /// Takes a reloaded set of services. Keys still in use get the new settings for their
+    /// next session; loops of keys no longer used finish their connections and end.
+    func update(services: [Service]) {
+        let byKey = Dictionary(grouping: services, by: \.sessionKey)
+        lock.lock()
+        var retiring: [SessionLoop] = []
+        for (key, state) in states where byKey[key] == nil {
+            if let loop = state.loop { retiring.append(loop) }
+            states[key] = nil
+        }
+        for (key, group) in byKey {
+            let settings = SessionSettings(key: key, services: group)
+            if var state = states[key] {
+                if state.settings != settings, let loop = state.loop {
+                    // The running session keeps its settings; the next one gets the new.
+                    retiring.append(loop)
+                    state.loop = nil
+                }
+                state.settings = settings
+                states[key] = state
+            } else {
+                states[key] = KeyState(settings: settings)
+            }
+        }
+        lock.unlock()
+        for loop in retiring { loop.stop(drainUntil: nil) }
+        startPersistentSessions()
+    }
+
+    /// Stops every loop: connections get until `deadline` to finish.
+    func stopAll(drainUntil deadline: ContinuousClock.Instant) {
         lock.lock()
         isStopping = true
-        let loops = states.values.compactMap(\.loop)
+        let loops = Array(liveLoops.values)
         lock.unlock()
-        for loop in loops { loop.stop() }
+        for loop in loops { loop.stop(drainUntil: deadline) }
     }
 
     /// Whether any loop is still running.
     var hasLiveLoops: Bool {
         lock.lock()
         defer { lock.unlock() }
-        return states.values.contains { $0.loop != nil }
+        return !liveLoops.isEmpty
     }
 }

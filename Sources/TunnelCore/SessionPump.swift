@@ -7,6 +7,14 @@ import TunnelConfig
 /// time, copies bytes both ways for every channel, probes the server when it is quiet, and
 /// returns when the session lingered out, was told to stop, or died.
 final class SessionPump {
+    /// Whether the session should end once its connections are done.
+    enum Stopping {
+        /// Keep going: linger, or stay up if persistent.
+        case no
+        /// End as soon as no connection is left; at `deadline`, if any, close the rest.
+        case whenIdle(deadline: ContinuousClock.Instant?)
+    }
+
     /// Why `run` returned.
     enum Ending {
         case lingeredOut
@@ -34,6 +42,7 @@ final class SessionPump {
     /// with separate input and output descriptors has two entries).
     private var polledConnections: [Connection] = []
     private var idleSince: ContinuousClock.Instant? = .now
+    private var stopping = Stopping.no
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Stop reading clients while the session's unsent output is above this.
     private let outputHighWater = 4 << 20
@@ -54,16 +63,17 @@ final class SessionPump {
 
     /// Pumps until the session ends.
     /// - `takeNewClients` hands over clients queued for this session.
-    /// - `shouldStop` says the daemon is stopping.
+    /// - `stopping` says whether the session should end when idle (reload, shutdown).
     /// - `retireIfIdle` is asked once the linger time has passed with no client; `true` ends the loop.
-    func run(takeNewClients: () -> [Connection], shouldStop: () -> Bool, retireIfIdle: () -> Bool) -> Ending {
+    func run(takeNewClients: () -> [Connection], stopping: () -> Stopping, retireIfIdle: () -> Bool) -> Ending {
         var pollSet: [pollfd] = []
         while true {
-            if shouldStop() {
+            for client in takeNewClients() { openQueue.append(.client(client)) }
+            self.stopping = stopping()
+            if case .whenIdle(let deadline?) = self.stopping, deadline <= .now {
                 closeAll(.shutdown)
                 return .stopped
             }
-            for client in takeNewClients() { openQueue.append(.client(client)) }
 
             let ending: Ending?
             do {
@@ -121,6 +131,7 @@ final class SessionPump {
         }
 
         if connections.isEmpty && opening == nil && openQueue.isEmpty {
+            if case .whenIdle = stopping { return .stopped }
             let since = idleSince ?? now
             idleSince = since
             if !settings.isPersistent && (now - since).seconds >= settings.linger && retireIfIdle() {
@@ -348,6 +359,9 @@ final class SessionPump {
         }
         if let idleSince, !settings.isPersistent {
             deadline = min(deadline, idleSince + Duration(seconds: settings.linger))
+        }
+        if case .whenIdle(let stopAt?) = stopping {
+            deadline = min(deadline, stopAt)
         }
         if deadline <= now { return 0 }
         return Socket.milliseconds(until: deadline + .milliseconds(5))

@@ -2,7 +2,7 @@ import TunnelConfig
 
 /// How one shared SSH session behaves, merged from every service that uses it: the longest
 /// linger and connect timeout, the most frequent keepalive, and persistent if any service is.
-struct SessionSettings {
+struct SessionSettings: Equatable {
     var key: SessionKey
     var linger: Double
     var isPersistent: Bool

@@ -57,7 +57,10 @@ struct Tunneld: ParsableCommand {
             logger.error("no service to run; check the configuration with tunneld --check", metadata: ["config.path": "\(path)"])
             throw ExitCode(1)
         }
-        let daemon = Daemon(configuration: configuration, logger: logger)
+        let daemon = Daemon(
+            configuration: configuration,
+            reloadConfiguration: { [path] in ConfigurationLoader(environment: .current).load(path: path) },
+            logger: logger)
         try daemon.run()
     }
 }
