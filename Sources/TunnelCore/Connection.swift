@@ -34,7 +34,7 @@ final class Connection {
     var bytesDown = 0
 
     /// Called once when the connection has ended, after its log line (e.g. to free a limit slot).
-    var onFinish: (() -> Void)?
+    var onFinish: ((ConnectionOutcome) -> Void)?
 
     init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats) {
         self.client = client

@@ -63,7 +63,7 @@ extension Connection {
             "bytes.down": "\(bytesDown)",
             "result": "\(outcome)",
         ])
-        onFinish?()
+        onFinish?(outcome)
         onFinish = nil
     }
 }

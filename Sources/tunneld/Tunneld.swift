@@ -28,28 +28,71 @@ struct Tunneld: ParsableCommand {
           help: "Validate the configuration, print every problem and the services that would run, and exit (1 if any error).")
     var isCheck = false
 
+    @Flag(name: .customLong("connect"),
+          help: "With --check: also log in to each service's server and open its channel once, reporting refusals.")
+    var isConnectCheck = false
+
+    @Option(name: .customLong("stdio"),
+            help: ArgumentHelp("Carry one connection on standard input and output through the service's tunnel, then exit (for ProxyCommand or inetd).", valueName: "service"))
+    var stdioService: String?
+
     @Flag(name: .customLong("debug"), help: "Log at debug level.")
     var isDebug = false
+
+    func validate() throws {
+        if isConnectCheck && !isCheck { throw ValidationError("--connect goes with --check.") }
+        if isCheck && stdioService != nil { throw ValidationError("--check and --stdio cannot be used together.") }
+    }
 
     func run() throws {
         let loader = ConfigurationLoader(environment: .current)
         let configuration = loader.load(path: path)
         if isCheck {
             FileHandle.standardOutput.write(Data(CheckReport(configuration).render().utf8))
-            if configuration.hasErrors { throw ExitCode(1) }
+            var failed = configuration.hasErrors
+            if isConnectCheck {
+                failed = !checkConnections(configuration) || failed
+            }
+            if failed { throw ExitCode(1) }
             return
         }
-        try runDaemon(configuration: configuration)
+        let logger = bootstrapLogging(configuration)
+        if let name = stdioService {
+            guard let service = configuration.services.first(where: { $0.name == name }) else {
+                logger.error("no such service (or it has errors, or is disabled); see tunneld --check", metadata: ["service": "\(name)", "config.path": "\(path)"])
+                throw ExitCode(1)
+            }
+            throw ExitCode(SingleConnection.runStdio(service: service, logger: logger) ? 0 : 1)
+        }
+        try runDaemon(configuration: configuration, logger: logger)
     }
 
-    private func runDaemon(configuration: Configuration) throws {
+    /// Opens every service's channel once; prints one line per service. Returns whether all opened.
+    private func checkConnections(_ configuration: Configuration) -> Bool {
+        let logger = bootstrapLogging(configuration)
+        var allOpened = true
+        for service in configuration.services {
+            if let problem = SingleConnection.probe(service: service, logger: logger) {
+                print("\(service.location): error: \(service.name): cannot reach \(service.target) via \(service.user)@\(service.server): \(problem)")
+                allOpened = false
+            } else {
+                print("\(service.name): channel to \(service.target) via \(service.user)@\(service.server) opened")
+            }
+        }
+        return allOpened
+    }
+
+    private func bootstrapLogging(_ configuration: Configuration) -> Logger {
         let level: Logger.Level = isDebug ? .debug : Logger.Level(configurationName: configuration.globals.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = LineLogHandler(label: label)
             handler.logLevel = level
             return handler
         }
-        let logger = Logger(label: "tunneld")
+        return Logger(label: "tunneld")
+    }
+
+    private func runDaemon(configuration: Configuration, logger: Logger) throws {
         for diagnostic in configuration.diagnostics {
             logger.log(level: diagnostic.severity == .error ? .error : .warning, "\(diagnostic)")
         }

@@ -1,0 +1,65 @@
+import Foundation
+import Glibc
+import Logging
+import TunnelConfig
+
+/// Carries one connection outside the daemon, through the same session code: standard input
+/// and output for `--stdio`, or an empty probe for `--check --connect`.
+public enum SingleConnection {
+    /// Carries standard input and output through `service`'s tunnel until both directions
+    /// end. Returns whether the connection ended cleanly.
+    public static func runStdio(service: Service, logger: Logger) -> Bool {
+        signal(SIGPIPE, SIG_IGN)
+        let inputFlags = fcntl(0, F_GETFL)
+        let outputFlags = fcntl(1, F_GETFL)
+        _ = fcntl(0, F_SETFL, inputFlags | O_NONBLOCK)
+        _ = fcntl(1, F_SETFL, outputFlags | O_NONBLOCK)
+        defer {
+            // Standard input and output may be shared with a shell: leave them as they were.
+            _ = fcntl(0, F_SETFL, inputFlags)
+            _ = fcntl(1, F_SETFL, outputFlags)
+        }
+        let outcome = carry(ClientEnd(input: dup(0), output: dup(1)), service: service, logger: logger)
+        return outcome.isSuccess
+    }
+
+    /// Logs in to `service`'s server and opens its channel once, sending nothing. Returns
+    /// nil when the channel opened, else why not (`refused: administratively prohibited`, ...).
+    public static func probe(service: Service, logger: Logger) -> String? {
+        var ends: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0 else {
+            return "socketpair: \(String(cString: strerror(errno)))"
+        }
+        Socket.setNonBlocking(ends[0])
+        // The probe's own end says EOF at once: the channel opens, gets EOF, and closes.
+        close(ends[1])
+        let outcome = carry(ClientEnd(socket: ends[0]), service: service, logger: logger)
+        switch outcome {
+        case .refused, .sshFailed: return "\(outcome)"
+        default: return nil
+        }
+    }
+
+    private static func carry(_ client: ClientEnd, service: Service, logger: Logger) -> ConnectionOutcome {
+        var oneShot = service
+        oneShot.linger = 0
+        oneShot.isPersistent = false
+        let pool = SessionPool(services: [oneShot], logger: logger)
+        let connection = Connection(client: client, peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats())
+        let done = DispatchSemaphore(value: 0)
+        var result = ConnectionOutcome.shutdown
+        connection.onFinish = { outcome in
+            result = outcome
+            done.signal()
+        }
+        connection.stats.connectionStarted()
+        pool.dispatch(connection)
+        done.wait()
+        let deadline = ContinuousClock.now + .seconds(2)
+        pool.stopAll(drainUntil: deadline)
+        while pool.hasLiveLoops && ContinuousClock.now < deadline {
+            usleep(5_000)
+        }
+        return result
+    }
+}
