@@ -3,7 +3,8 @@ import CLibSSH2
 /// One `direct-tcpip` channel of a session. Used only from the session's thread.
 public final class SSHChannel {
     let raw: OpaquePointer
-    unowned let session: SSHSession
+    /// Kept alive by its channels: libssh2 frees a channel through its session.
+    let session: SSHSession
     private var isFreed = false
 
     init(raw: OpaquePointer, session: SSHSession) {

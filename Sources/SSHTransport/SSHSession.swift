@@ -39,8 +39,17 @@ public final class SSHSession {
     }
 
     deinit {
+        // With the socket shut, every libssh2 call that waits for the server fails at once
+        // instead of saying "would block", so the session and its channels are really freed.
+        Glibc.shutdown(socket, Int32(SHUT_RDWR))
         libssh2_session_free(raw)
         Glibc.close(socket)
+    }
+
+    /// Cuts the TCP connection to a server that is gone or unresponsive, so that freeing its
+    /// channels does not wait for answers that will not come.
+    public func abandon() {
+        Glibc.shutdown(socket, Int32(SHUT_RDWR))
     }
 
     // MARK: Transport

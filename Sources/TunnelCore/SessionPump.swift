@@ -82,7 +82,10 @@ final class SessionPump {
                 ending = .died(Self.describe(error))
             }
             if let ending {
-                if case .died(let reason) = ending { closeAll(.sshFailed(reason)) }
+                if case .died(let reason) = ending {
+                    session.abandon()
+                    closeAll(.sshFailed(reason))
+                }
                 return ending
             }
 
@@ -159,8 +162,13 @@ final class SessionPump {
             if opening == nil {
                 guard !openQueue.isEmpty else { return }
                 let next = openQueue.removeFirst()
-                let wasIdle = (now - session.lastReceived).seconds > settings.keepalive.interval
-                opening = (next, now, settings.openTimeout(sessionWasIdle: wasIdle), false)
+                let timeout: Double
+                if case .probe = next {
+                    timeout = settings.keepalive.interval * Double(settings.keepalive.count)
+                } else {
+                    timeout = settings.openTimeout(sessionWasIdle: (now - session.lastReceived).seconds > settings.keepalive.interval)
+                }
+                opening = (next, now, timeout, false)
             }
             guard let current = opening else { return }
             switch current.open {
