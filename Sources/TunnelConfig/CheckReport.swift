@@ -1,5 +1,5 @@
 /// Renders what `tunneld --check` prints: every diagnostic, the skipped files, then a table
-/// of the services that would run.
+/// of the services that would run, then `configuration OK` when there is no error.
 public struct CheckReport: Sendable {
     public var configuration: Configuration
 
@@ -7,8 +7,64 @@ public struct CheckReport: Sendable {
         self.configuration = configuration
     }
 
-    /// The full report, one line per diagnostic, then the table; ends with a newline.
+    /// The full report; ends with a newline.
     public func render() -> String {
-        configuration.diagnostics.map { "\($0)\n" }.joined()
+        var lines = configuration.diagnostics.map(\.description)
+        for file in configuration.skippedFiles {
+            lines.append("skipped: \(file) (not a regular file, or a backup or package leftover by its name)")
+        }
+        for (name, location) in configuration.disabledServices {
+            lines.append("disabled: \(name) (\(location), disable = yes)")
+        }
+        let services = configuration.services
+        lines.append("")
+        lines.append(services.count == 1 ? "1 service would run:" : "\(services.count) services would run\(services.isEmpty ? "." : ":")")
+        if !services.isEmpty {
+            var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "OPTIONS"]]
+            for service in services {
+                rows.append([
+                    service.name, "\(service.listen)", "\(service.user)@\(service.server)", "\(service.target)",
+                    Self.options(of: service).joined(separator: " "),
+                ])
+            }
+            let widths = (0..<5).map { column in rows.map { $0[column].count }.max() ?? 0 }
+            for row in rows {
+                let cells = row.enumerated().map { index, cell in
+                    index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+                }
+                var line = cells.joined(separator: "  ")
+                while line.hasSuffix(" ") { line.removeLast() }
+                lines.append(line)
+            }
+        }
+        let errors = configuration.diagnostics.filter { $0.severity == .error }.count
+        let warnings = configuration.diagnostics.count - errors
+        if errors == 0 {
+            lines.append(warnings == 0 ? "configuration OK" : "configuration OK (\(warnings) warning\(warnings == 1 ? "" : "s"))")
+        } else {
+            lines.append("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s"): services with errors will not run")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The settings of `service` that differ from the defaults, as `name=value`.
+    static func options(of service: Service) -> [String] {
+        var options: [String] = []
+        func seconds(_ value: Double) -> String {
+            value == value.rounded() ? String(Int(value)) : String(value)
+        }
+        if service.isPersistent { options.append("persistent") }
+        if service.linger != 30 { options.append("linger=\(seconds(service.linger))") }
+        if service.keepalive != Keepalive() { options.append("keepalive=\(seconds(service.keepalive.interval))x\(service.keepalive.count)") }
+        if service.connectTimeout != 10 { options.append("connect_timeout=\(seconds(service.connectTimeout))") }
+        if service.hostKeyPolicy != .strict { options.append("host_key=\(service.hostKeyPolicy.rawValue)") }
+        if service.fingerprint != nil { options.append("fingerprint") }
+        if service.identityAgent == nil { options.append("no-agent") }
+        if let instances = service.instances { options.append("instances=\(instances)") }
+        if let perSource = service.perSource { options.append("per_source=\(perSource)") }
+        if let cps = service.cps { options.append("cps=\(cps.rate)/\(seconds(cps.pause))") }
+        if !service.onlyFrom.isEmpty { options.append("only_from(\(service.onlyFrom.count))") }
+        if !service.noAccess.isEmpty { options.append("no_access(\(service.noAccess.count))") }
+        return options
     }
 }

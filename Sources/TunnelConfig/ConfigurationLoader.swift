@@ -1,19 +1,47 @@
+import Foundation
+
 /// Reads a configuration path (a file or a directory) into a `Configuration`.
+///
+/// A directory is read as every regular file in it, in name order, skipping names that start
+/// with `.` or end in `~`, `.bak`, `.dpkg-*` or `.rpm*`. Files may `include` files and
+/// `includedir` directories; loops and depth beyond 8 are errors. All `defaults` stanzas
+/// apply to every service, in the order read.
 public struct ConfigurationLoader: Sendable {
     /// What the loader needs from the world outside the text: the account's home and name,
-    /// the agent socket, and where /etc/services lives. Tests pass their own.
+    /// the agent socket, and where /etc/services and /etc/passwd live. Tests pass their own.
     public struct Environment: Sendable {
         public var userName: String
         public var homeDirectory: String
         public var agentSocket: String?
         public var servicesFile: String
-        public init(userName: String, homeDirectory: String, agentSocket: String?, servicesFile: String = "/etc/services") {
+        public var passwordFile: String
+
+        public init(
+            userName: String, homeDirectory: String, agentSocket: String?,
+            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd"
+        ) {
             self.userName = userName
             self.homeDirectory = homeDirectory
             self.agentSocket = agentSocket
             self.servicesFile = servicesFile
+            self.passwordFile = passwordFile
+        }
+
+        /// The home directory of a local account, from the password file.
+        public func homeDirectory(of account: String) -> String? {
+            guard let data = FileManager.default.contents(atPath: passwordFile) else { return nil }
+            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                if fields.count >= 6, fields[0] == account { return String(fields[5]) }
+            }
+            return nil
         }
     }
+
+    /// The most bytes read from one file; a configuration is never this large.
+    static let maximumFileSize = 1 << 20
+    /// How deep `include` may nest.
+    static let maximumIncludeDepth = 8
 
     public var environment: Environment
 
@@ -23,11 +51,207 @@ public struct ConfigurationLoader: Sendable {
 
     /// Loads `path`. Never throws: every problem becomes a located diagnostic.
     public func load(path: String) -> Configuration {
-        Configuration(diagnostics: [Diagnostic(.error, at: nil, "configuration loading is not written yet")])
+        var reader = Reader()
+        reader.read(path: path, from: nil, depth: 0)
+        return assemble(reader)
+    }
+
+    /// Collects items from files, following includes.
+    private struct Reader {
+        var items: [(item: Item, file: String)] = []
+        var diagnostics: [Diagnostic] = []
+        var skipped: [String] = []
+        var visiting: [String] = []
+
+        mutating func read(path: String, from place: SourceLocation?, depth: Int) {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                diagnostics.append(Diagnostic(.error, at: place, "\(path) does not exist; give a configuration file or directory"))
+                return
+            }
+            if isDirectory.boolValue {
+                readDirectory(path, from: place, depth: depth)
+            } else {
+                readFile(path, from: place, depth: depth)
+            }
+        }
+
+        mutating func readDirectory(_ path: String, from place: SourceLocation?, depth: Int) {
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
+                diagnostics.append(Diagnostic(.error, at: place, "cannot read the directory \(path); check its permissions"))
+                return
+            }
+            for name in names.sorted() {
+                let full = (path as NSString).appendingPathComponent(name)
+                if ConfigurationLoader.isSkipped(name) {
+                    skipped.append(full)
+                    continue
+                }
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), !isDirectory.boolValue else {
+                    skipped.append(full)
+                    continue
+                }
+                readFile(full, from: place, depth: depth)
+            }
+        }
+
+        mutating func readFile(_ path: String, from place: SourceLocation?, depth: Int) {
+            let canonical = (path as NSString).resolvingSymlinksInPath
+            guard !visiting.contains(canonical) else {
+                diagnostics.append(Diagnostic(.error, at: place, "\(path) includes itself (through \(visiting.last ?? path)); remove the include"))
+                return
+            }
+            guard depth <= ConfigurationLoader.maximumIncludeDepth else {
+                diagnostics.append(Diagnostic(.error, at: place, "includes nest deeper than \(ConfigurationLoader.maximumIncludeDepth) files at \(path); flatten them"))
+                return
+            }
+            guard let handle = FileHandle(forReadingAtPath: path) else {
+                diagnostics.append(Diagnostic(.error, at: place, "cannot read \(path); check its permissions"))
+                return
+            }
+            let data = (try? handle.read(upToCount: ConfigurationLoader.maximumFileSize + 1)) ?? Data()
+            try? handle.close()
+            guard data.count <= ConfigurationLoader.maximumFileSize else {
+                diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) is larger than 1 MiB; is it a configuration file?"))
+                return
+            }
+            if data.contains(0) {
+                diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) holds binary data (a NUL byte); is it a configuration file?"))
+                return
+            }
+            guard let text = String(data: data, encoding: .utf8) else {
+                diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) is not UTF-8 text"))
+                return
+            }
+            visiting.append(canonical)
+            defer { visiting.removeLast() }
+            let parsed = Parser.parse(text, file: path)
+            diagnostics += parsed.diagnostics
+            for item in parsed.items {
+                switch item {
+                case .include(let target, let line):
+                    read(path: resolve(target, relativeTo: path), from: SourceLocation(file: path, line: line), depth: depth + 1)
+                case .includeDirectory(let target, let line):
+                    let directory = resolve(target, relativeTo: path)
+                    var isDirectory: ObjCBool = false
+                    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue {
+                        readDirectory(directory, from: SourceLocation(file: path, line: line), depth: depth + 1)
+                    } else {
+                        diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: line), "includedir \(target): no such directory"))
+                    }
+                default:
+                    items.append((item, path))
+                }
+            }
+        }
+
+        private func resolve(_ target: String, relativeTo file: String) -> String {
+            target.hasPrefix("/") ? target : ((file as NSString).deletingLastPathComponent as NSString).appendingPathComponent(target)
+        }
+    }
+
+    /// Whether a directory entry is skipped by its name.
+    static func isSkipped(_ name: String) -> Bool {
+        name.hasPrefix(".") || name.hasSuffix("~") || name.hasSuffix(".bak") || name.contains(".dpkg-")
+            || name.hasSuffix(".rpmnew") || name.hasSuffix(".rpmsave") || name.hasSuffix(".rpmorig")
+    }
+
+    private func assemble(_ reader: Reader) -> Configuration {
+        var configuration = Configuration(diagnostics: reader.diagnostics, skippedFiles: reader.skipped)
+        let names = ServiceNames(path: environment.servicesFile)
+
+        // Defaults first, in the order read; they apply to every service wherever it is.
+        var defaults = AttributeValues()
+        var globals = AttributeValues()
+        for (item, file) in reader.items {
+            guard case .defaults(let assignments, _) = item else { continue }
+            for assignment in assignments {
+                if AttributeTable.global[assignment.name] != nil {
+                    _ = globals.apply(assignment, file: file)
+                } else if let problem = defaults.apply(assignment, file: file) {
+                    configuration.diagnostics.append(Diagnostic(.error, at: SourceLocation(file: file, line: assignment.line), problem))
+                }
+            }
+        }
+        configuration.globals = resolveGlobals(globals, diagnostics: &configuration.diagnostics)
+
+        var seen: [String: SourceLocation] = [:]
+        var listening: [Endpoint: String] = [:]
+        for (item, file) in reader.items {
+            guard case .service(let name, let assignments, let line) = item else { continue }
+            let location = SourceLocation(file: file, line: line)
+            if let first = seen[name] {
+                configuration.diagnostics.append(Diagnostic(.error, at: location, service: name, "a service named \(name) is already defined at \(first); rename one of them"))
+                continue
+            }
+            seen[name] = location
+            var values = defaults
+            var broken = false
+            for assignment in assignments {
+                if let problem = values.apply(assignment, file: file) {
+                    configuration.diagnostics.append(Diagnostic(.error, at: SourceLocation(file: file, line: assignment.line), service: name, problem))
+                    broken = true
+                }
+            }
+            var builder = ServiceBuilder(name: name, location: location, values: values, environment: environment, names: names)
+            let result = builder.build()
+            configuration.diagnostics += builder.diagnostics
+            switch result {
+            case .built(let service) where !broken:
+                if let other = listening[service.listen] {
+                    configuration.diagnostics.append(Diagnostic(.error, at: location, service: name, "listens on \(service.listen) like service \(other); give one of them another port"))
+                    continue
+                }
+                listening[service.listen] = name
+                configuration.services.append(service)
+            case .disabled:
+                configuration.disabledServices.append((name, location))
+            default:
+                break
+            }
+        }
+        return configuration
+    }
+
+    private func resolveGlobals(_ values: AttributeValues, diagnostics: inout [Diagnostic]) -> GlobalSettings {
+        var settings = GlobalSettings()
+        func place(_ name: String) -> SourceLocation? {
+            values[name].map { SourceLocation(file: $0.file, line: $0.line) }
+        }
+        func one(_ name: String) -> String? {
+            guard let value = values[name] else { return nil }
+            guard value.words.count == 1 else {
+                diagnostics.append(Diagnostic(.error, at: place(name), "\(name) takes one value"))
+                return nil
+            }
+            return value.words[0]
+        }
+        settings.controlSocket = one("control_socket")
+        if let account = one("run_as") {
+            if environment.homeDirectory(of: account) == nil {
+                diagnostics.append(Diagnostic(.error, at: place("run_as"), "run_as \(account) is not an account on this machine; create it (adduser --system \(account)) or fix the name"))
+            } else {
+                settings.runAs = account
+            }
+        }
+        if let level = one("log_level") {
+            let known = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+            if known.contains(level.lowercased()) {
+                settings.logLevel = level.lowercased()
+            } else {
+                diagnostics.append(Diagnostic(.error, at: place("log_level"), "log_level \(level) is not one of \(known.joined(separator: ", "))"))
+            }
+        }
+        if let text = one("shutdown_timeout") {
+            switch ValueParser.seconds(text) {
+            case .success(let seconds): settings.shutdownTimeout = seconds
+            case .failure(let message): diagnostics.append(Diagnostic(.error, at: place("shutdown_timeout"), "shutdown_timeout: \(message)"))
+            }
+        }
+        return settings
     }
 }
-
-import Foundation
 
 extension ConfigurationLoader.Environment {
     /// The environment of the account this process runs as.

@@ -1,40 +1,119 @@
 import Foundation
 
-/// Interim known_hosts reader (plain entries only); replaced by the full reader.
+/// The host keys OpenSSH known_hosts files hold, looked up the way ssh does: the name is
+/// `host` for port 22 and `[host]:port` otherwise; patterns may be hashed (`|1|salt|hash`),
+/// use `*` and `?`, or be negated with `!`. `@revoked` keys are kept (marked);
+/// `@cert-authority` lines are skipped (tunneld does not use host certificates).
 public struct KnownHosts: Sendable {
-    public var entries: [(patterns: [String], key: KnownHostKey)]
+    struct Entry: Sendable {
+        var patterns: [String]
+        var key: KnownHostKey
+    }
 
+    var entries: [Entry] = []
+
+    /// Reads the files in order; missing or unreadable files add nothing.
     public static func load(paths: [String]) -> KnownHosts {
-        var entries: [(patterns: [String], key: KnownHostKey)] = []
+        var hosts = KnownHosts()
         for path in paths {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { continue }
-            for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-                var fields = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-                guard !fields.isEmpty, !fields[0].hasPrefix("#") else { continue }
-                var revoked = false
-                if fields[0] == "@revoked" { revoked = true; fields.removeFirst() }
-                guard fields.count >= 3, let blob = Data(base64Encoded: fields[2]) else { continue }
-                let key = KnownHostKey(keyType: fields[1], key: [UInt8](blob), isRevoked: revoked, location: SourceLocation(file: path, line: index + 1))
-                entries.append((fields[0].split(separator: ",").map(String.init), key))
+            guard let handle = FileHandle(forReadingAtPath: path) else { continue }
+            let data = (try? handle.read(upToCount: 16 << 20)) ?? Data()
+            try? handle.close()
+            hosts.entries += parse(String(decoding: data, as: UTF8.self), file: path)
+        }
+        return hosts
+    }
+
+    static func parse(_ text: String, file: String) -> [Entry] {
+        var entries: [Entry] = []
+        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let first = fields.first, !first.hasPrefix("#") else { continue }
+            var isRevoked = false
+            if first.hasPrefix("@") {
+                guard first == "@revoked" else { continue }
+                isRevoked = true
+                fields.removeFirst()
+            }
+            guard fields.count >= 3, let blob = Data(base64Encoded: fields[2]) else { continue }
+            let key = KnownHostKey(
+                keyType: fields[1], key: [UInt8](blob), isRevoked: isRevoked,
+                location: SourceLocation(file: file, line: index + 1))
+            entries.append(Entry(patterns: fields[0].split(separator: ",").map(String.init), key: key))
+        }
+        return entries
+    }
+
+    /// The keys recorded for `host` at `port`, in file order.
+    public func keys(forHost host: String, port: UInt16) -> [KnownHostKey] {
+        let name = Self.lookupName(host: host, port: port)
+        return entries.filter { Self.matches(name, patterns: $0.patterns) }.map(\.key)
+    }
+
+    /// The line to append for a key, as `ssh-keyscan` would print it.
+    public static func entryLine(host: String, port: UInt16, keyType: String, key: [UInt8]) -> String {
+        "\(lookupName(host: host, port: port)) \(keyType) \(Data(key).base64EncodedString())"
+    }
+
+    static func lookupName(host: String, port: UInt16) -> String {
+        port == 22 ? host.lowercased() : "[\(host.lowercased())]:\(port)"
+    }
+
+    /// ssh's rule: some pattern matches and no negated pattern does.
+    static func matches(_ name: String, patterns: [String]) -> Bool {
+        var matched = false
+        for pattern in patterns {
+            if pattern.hasPrefix("!") {
+                if matchesOne(name, String(pattern.dropFirst())) { return false }
+            } else if matchesOne(name, pattern) {
+                matched = true
             }
         }
-        return KnownHosts(entries: entries)
+        return matched
     }
 
-    public func keys(forHost host: String, port: UInt16) -> [KnownHostKey] {
-        let name = port == 22 ? host : "[\(host)]:\(port)"
-        return entries.filter { $0.patterns.contains(name) }.map(\.key)
+    private static func matchesOne(_ name: String, _ pattern: String) -> Bool {
+        if pattern.hasPrefix("|1|") {
+            let parts = pattern.split(separator: "|")
+            guard parts.count == 3, let salt = Data(base64Encoded: String(parts[1])), let hash = Data(base64Encoded: String(parts[2])) else { return false }
+            return SHA1.hmac(key: [UInt8](salt), message: Array(name.utf8)) == [UInt8](hash)
+        }
+        return wildcard(Array(name), Array(pattern.lowercased()))
     }
 
-    public static func entryLine(host: String, port: UInt16, keyType: String, key: [UInt8]) -> String {
-        let name = port == 22 ? host : "[\(host)]:\(port)"
-        return "\(name) \(keyType) \(Data(key).base64EncodedString())"
+    private static func wildcard(_ name: [Character], _ pattern: [Character]) -> Bool {
+        var n = 0, p = 0, star = -1, mark = 0
+        while n < name.count {
+            if p < pattern.count && (pattern[p] == "?" || pattern[p] == name[n]) {
+                n += 1; p += 1
+            } else if p < pattern.count && pattern[p] == "*" {
+                star = p; mark = n; p += 1
+            } else if star >= 0 {
+                p = star + 1; mark += 1; n = mark
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count && pattern[p] == "*" { p += 1 }
+        return p == pattern.count
     }
 }
 
-public struct KnownHostKey: Sendable {
+/// One key of a known_hosts file.
+public struct KnownHostKey: Sendable, Equatable {
+    /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, ...
     public var keyType: String
+    /// The decoded public key blob.
     public var key: [UInt8]
+    /// Marked `@revoked`: this key must be refused.
     public var isRevoked: Bool
+    /// Where the line is.
     public var location: SourceLocation
+
+    public init(keyType: String, key: [UInt8], isRevoked: Bool, location: SourceLocation) {
+        self.keyType = keyType
+        self.key = key
+        self.isRevoked = isRevoked
+        self.location = location
+    }
 }

@@ -1,0 +1,420 @@
+import Foundation
+
+/// Turns one stanza's attribute values (defaults applied) into a `Service`, or into the
+/// errors that keep it from running. Warnings do not stop it.
+struct ServiceBuilder {
+    let name: String
+    let location: SourceLocation
+    let values: AttributeValues
+    let environment: ConfigurationLoader.Environment
+    let names: ServiceNames
+
+    private(set) var diagnostics: [Diagnostic] = []
+    private var hasError = false
+
+    init(name: String, location: SourceLocation, values: AttributeValues, environment: ConfigurationLoader.Environment, names: ServiceNames) {
+        self.name = name
+        self.location = location
+        self.values = values
+        self.environment = environment
+        self.names = names
+    }
+
+    private func place(_ attribute: String) -> SourceLocation {
+        values[attribute].map { SourceLocation(file: $0.file, line: $0.line) } ?? location
+    }
+
+    private mutating func error(_ attribute: String?, _ message: String) {
+        hasError = true
+        diagnostics.append(Diagnostic(.error, at: attribute.map(place) ?? location, service: name, message))
+    }
+
+    private mutating func warning(_ attribute: String?, _ message: String) {
+        diagnostics.append(Diagnostic(.warning, at: attribute.map(place) ?? location, service: name, message))
+    }
+
+    /// The one value of `attribute`, or nil (with an error if it has more or none).
+    private mutating func single(_ attribute: String) -> String? {
+        guard let value = values[attribute] else { return nil }
+        guard value.words.count == 1 else {
+            error(attribute, value.words.isEmpty ? "\(attribute) has no value" : "\(attribute) takes one value, not \(value.words.count): \(value.words.joined(separator: " "))")
+            return nil
+        }
+        return value.words[0]
+    }
+
+    private mutating func parse<T>(_ attribute: String, _ parser: (String) -> Result<T, Message>) -> T? {
+        guard let text = single(attribute) else { return nil }
+        switch parser(text) {
+        case .success(let value): return value
+        case .failure(let message):
+            error(attribute, "\(attribute): \(message)")
+            return nil
+        }
+    }
+
+    /// Returns the service, `.disabled` for `disable = yes`, or nil when it has errors.
+    mutating func build() -> BuildResult {
+        checkAttributeNames()
+        checkXinetdCompatibility()
+        let isDisabled = parse("disable", ValueParser.flag) ?? false
+
+        // Where to listen.
+        let serviceNames = names
+        let port: UInt16? = values["port"] == nil ? nil : parse("port") { ValueParser.port($0, names: serviceNames) }
+        if values["port"] == nil { error(nil, "no port; add port = NUMBER (the local port to listen on)") }
+        let bindAttribute = values["bind"] != nil ? "bind" : "interface"
+        var listenHost = "127.0.0.1"
+        if values[bindAttribute] != nil, let text = single(bindAttribute) {
+            if let host = Self.listenHost(text) {
+                listenHost = host
+            } else {
+                error(bindAttribute, "bind '\(text)' is not an address; use an IPv4 or IPv6 address, localhost, or *")
+            }
+        }
+
+        // Where to go.
+        let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
+
+        // Keys and host keys.
+        var identities = resolveIdentities(home: home) + commandIdentities.map { expand($0, home: home, attribute: "server_args") }
+        if identities.isEmpty {
+            identities = ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"]
+        } else {
+            checkIdentityFiles(identities)
+        }
+        let passphraseFile = values["identity_passphrase_file"] != nil ? single("identity_passphrase_file").map { expand($0, home: home, attribute: "identity_passphrase_file") } : nil
+        if let passphraseFile { checkSecretFile(passphraseFile, attribute: "identity_passphrase_file") }
+        var agent = environment.agentSocket
+        if values["identity_agent"] != nil, let text = single("identity_agent") {
+            agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
+        }
+        var knownHosts = values["known_hosts"]?.words.map { expand($0, home: home, attribute: "known_hosts") } ?? []
+        if knownHosts.isEmpty { knownHosts = ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"] }
+        var policy = HostKeyPolicy.strict
+        if values["host_key"] != nil, let text = single("host_key") {
+            if let value = HostKeyPolicy(rawValue: text.lowercased()) {
+                policy = value
+            } else {
+                error("host_key", "host_key '\(text)' is not strict or accept-new")
+            }
+        }
+        let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
+
+        // Session life.
+        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0) } ?? 30
+        let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
+        let keepalive = resolveKeepalive()
+        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false) } ?? 10
+
+        // Limits and access.
+        let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
+        let perSource = values["per_source"] == nil ? nil : parse("per_source", ValueParser.limit) ?? nil
+        let cps = resolveRate()
+        let onlyFrom = resolveMatches("only_from")
+        let noAccess = resolveMatches("no_access")
+        if !Self.isLoopback(listenHost) && values["only_from"] == nil {
+            warning(values[bindAttribute] == nil ? nil : bindAttribute, "listens on \(listenHost), beyond this machine, with no only_from; anyone who reaches the port can use the tunnel; add only_from = ADDRESSES")
+        }
+        let logOnSuccess = resolveLogFields("log_on_success")
+        let logOnFailure = resolveLogFields("log_on_failure")
+
+        guard !hasError, let port, let sshHost, let target else { return .failed }
+        let service = Service(
+            name: name, location: location, listen: Endpoint(host: listenHost, port: port),
+            server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
+            identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
+            knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
+            isPersistent: persistent, keepalive: keepalive, connectTimeout: connectTimeout,
+            instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
+            logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
+        if isDisabled { return .disabled }
+        checkKnownHosts(service)
+        return .built(service)
+    }
+
+    enum BuildResult {
+        case built(Service)
+        case disabled
+        case failed
+    }
+
+    // MARK: Attribute names and xinetd's
+
+    private mutating func checkAttributeNames() {
+        for attribute in values.names.sorted() {
+            if AttributeTable.global[attribute] != nil {
+                warning(attribute, "\(attribute) applies to the whole daemon; move it into defaults { }")
+            } else if AttributeTable.kind(of: attribute) == nil {
+                warning(attribute, "unknown attribute \(attribute); ignored")
+            }
+        }
+    }
+
+    private mutating func checkXinetdCompatibility() {
+        if let text = values["socket_type"].flatMap({ $0.words.first }), text.lowercased() != "stream" {
+            error("socket_type", "socket_type = \(text): tunneld carries TCP streams only; set socket_type = stream or remove it")
+        }
+        if let text = values["protocol"].flatMap({ $0.words.first }), text.lowercased() != "tcp" {
+            error("protocol", "protocol = \(text): tunneld carries TCP streams only; set protocol = tcp or remove it")
+        }
+        if let text = values["wait"].flatMap({ $0.words.first }), ValueParser.flag(text) != .success(false) {
+            error("wait", "wait = \(text): tunneld accepts every connection itself; set wait = no or remove it")
+        }
+        for flag in values["flags"]?.words ?? [] where !["REUSE", "NODELAY", "KEEPALIVE", "IPV4", "IPV6", "NOLIBWRAP", "NAMEINARGS"].contains(flag.uppercased()) {
+            warning("flags", "flag \(flag) has no meaning for tunneld; ignored")
+        }
+        for type in values["type"]?.words ?? [] where type.uppercased() != "UNLISTED" {
+            warning("type", "type \(type) has no meaning for tunneld; ignored")
+        }
+    }
+
+    // MARK: Server and target
+
+    private mutating func resolveServerAndTarget() -> (String?, UInt16, String, String, [String], Endpoint?) {
+        var login = environment.userName
+        var home = environment.homeDirectory
+        guard values["server"] != nil, let serverText = single("server") else {
+            if values["server"] == nil { error(nil, "no server; add server = [USER@]HOST[:PORT] (the SSH server to go through)") }
+            return (nil, 22, login, home, [], nil)
+        }
+        let localUser = values["user"] == nil ? nil : single("user")
+
+        if XinetdCommand.isSSHCommand(serverText) {
+            // xinetd's form: `user` is the local account whose ~/.ssh is used.
+            if let localUser {
+                guard let accountHome = environment.homeDirectory(of: localUser) else {
+                    error("user", "user \(localUser) is not an account on this machine; xinetd's user names the local account whose ~/.ssh keys are used")
+                    return (nil, 22, login, home, [], nil)
+                }
+                login = localUser
+                home = accountHome
+            }
+            guard let arguments = values["server_args"]?.words, !arguments.isEmpty else {
+                error(nil, "server = \(serverText) needs server_args = [options] [user@]host nc HOST PORT")
+                return (nil, 22, login, home, [], nil)
+            }
+            switch XinetdCommand.parse(arguments, names: names) {
+            case .failure(let message):
+                error("server_args", message.text)
+                return (nil, 22, login, home, [], nil)
+            case .success(let command):
+                if !command.ignoredOptions.isEmpty {
+                    warning("server_args", "ssh options \(command.ignoredOptions.joined(separator: " ")) are ignored; tunneld makes the connection itself")
+                }
+                return (command.host, command.port ?? 22, command.user ?? login, home, command.identities, command.target)
+            }
+        }
+
+        guard let server = Self.serverAddress(serverText) else {
+            error("server", "server '\(serverText)' is not [USER@]HOST[:PORT]; write e.g. server = tunnel@bastion.example.org:22 or [2001:db8::1]:2222")
+            return (nil, 22, login, home, [], nil)
+        }
+        if let serverUser = server.user { login = serverUser }
+        if let localUser {
+            if let serverUser = server.user, serverUser != localUser {
+                warning("user", "user = \(localUser) and server = \(serverText) name different login names; logging in as \(localUser)")
+            }
+            login = localUser
+        }
+        var target: Endpoint?
+        if let arguments = values["server_args"]?.words {
+            if arguments.count == 2, let host = ValueParser.host(arguments[0]) {
+                switch ValueParser.port(arguments[1], names: names) {
+                case .success(let port): target = Endpoint(host: host, port: port)
+                case .failure(let message): error("server_args", "server_args: \(message)")
+                }
+            } else {
+                error("server_args", "server_args '\(arguments.joined(separator: " "))' is not HOST PORT; write the target as the SSH server sees it, e.g. server_args = localhost 25")
+            }
+        } else {
+            error(nil, "no server_args; add server_args = HOST PORT (the target, as the SSH server sees it)")
+        }
+        return (server.host, server.port ?? 22, login, home, [], target)
+    }
+
+    /// `host`, `host:port`, `[v6]:port`, `user@…`.
+    static func serverAddress(_ text: String) -> (user: String?, host: String, port: UInt16?)? {
+        var rest = Substring(text)
+        var user: String?
+        if let at = rest.lastIndex(of: "@") {
+            user = String(rest[..<at])
+            rest = rest[rest.index(after: at)...]
+            guard let user, !user.isEmpty, !user.contains(where: { $0 == ":" || $0 == "/" }) else { return nil }
+        }
+        var host = String(rest)
+        var port: UInt16?
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return nil }
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":"), let value = Int(after.dropFirst()), (1...65535).contains(value) else { return nil }
+                port = UInt16(value)
+            }
+            guard ValueParser.ipv6(host) != nil else { return nil }
+        } else if rest.filter({ $0 == ":" }).count == 1, let colon = rest.firstIndex(of: ":") {
+            host = String(rest[..<colon])
+            guard let value = Int(rest[rest.index(after: colon)...]), (1...65535).contains(value) else { return nil }
+            port = UInt16(value)
+        }
+        guard let checked = ValueParser.host(host) else { return nil }
+        return (user, checked, port)
+    }
+
+    static func listenHost(_ text: String) -> String? {
+        switch text.lowercased() {
+        case "*", "0.0.0.0": return "0.0.0.0"
+        case "localhost": return "127.0.0.1"
+        default:
+            var host = text
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            if ValueParser.ipv4(host) != nil || ValueParser.ipv6(host) != nil { return host }
+            return nil
+        }
+    }
+
+    static func isLoopback(_ host: String) -> Bool {
+        if let v4 = ValueParser.ipv4(host) { return v4[0] == 127 }
+        if let v6 = ValueParser.ipv6(host) { return v6 == [UInt8](repeating: 0, count: 15) + [1] }
+        return false
+    }
+
+    // MARK: Files
+
+    private func expand(_ path: String, home: String, attribute: String) -> String {
+        if path == "~" { return home }
+        if path.hasPrefix("~/") { return home + path.dropFirst(1) }
+        if path.hasPrefix("/") { return path }
+        // Relative paths are relative to the file that names them.
+        let file = values[attribute]?.file ?? location.file
+        return ((file as NSString).deletingLastPathComponent as NSString).appendingPathComponent(path)
+    }
+
+    private func resolveIdentities(home: String) -> [String] {
+        (values["identity"]?.words ?? []).map { expand($0, home: home, attribute: "identity") }
+    }
+
+    private mutating func checkIdentityFiles(_ paths: [String]) {
+        for path in paths {
+            var info = stat()
+            guard stat(path, &info) == 0 else {
+                error("identity", "identity \(path) does not exist; create a key with ssh-keygen -t ed25519 -f \(path), or fix the path")
+                continue
+            }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                error("identity", "identity \(path) is not a regular file")
+                continue
+            }
+            if info.st_mode & 0o077 != 0 {
+                error("identity", "identity \(path) is readable by group or others; OpenSSH refuses such keys too: chmod 600 \(path)")
+                continue
+            }
+            guard let handle = FileHandle(forReadingAtPath: path) else {
+                error("identity", "identity \(path) cannot be read by this account; check its owner and mode")
+                continue
+            }
+            let head = (try? handle.read(upToCount: 16_384)) ?? Data()
+            try? handle.close()
+            if KeyFile.isRSA(head) {
+                error("identity", "identity \(path) is an RSA key: libssh2 1.10 signs only with ssh-rsa (SHA-1), which OpenSSH 8.8 and later refuse; make an ed25519 key with ssh-keygen -t ed25519")
+            }
+        }
+    }
+
+    private mutating func checkSecretFile(_ path: String, attribute: String) {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            error(attribute, "\(attribute) \(path) does not exist")
+            return
+        }
+        if info.st_mode & 0o077 != 0 {
+            error(attribute, "\(attribute) \(path) is readable by group or others; chmod 600 \(path)")
+        }
+    }
+
+    private mutating func checkKnownHosts(_ service: Service) {
+        guard service.fingerprint == nil, service.hostKeyPolicy == .strict else { return }
+        let existing = service.knownHosts.filter { FileManager.default.fileExists(atPath: $0) }
+        let scan = service.server.port == 22 ? "ssh-keyscan \(service.server.host)" : "ssh-keyscan -p \(service.server.port) \(service.server.host)"
+        let file = service.knownHosts[0]
+        if existing.isEmpty {
+            warning(values["known_hosts"] == nil ? nil : "known_hosts", "no known_hosts file (\(service.knownHosts.joined(separator: ", "))) exists, so the server's host key will be refused; after checking the key, run: \(scan) >> \(file)")
+            return
+        }
+        if KnownHosts.load(paths: existing).keys(forHost: service.server.host, port: service.server.port).isEmpty {
+            warning(values["known_hosts"] == nil ? nil : "known_hosts", "known_hosts holds no key for \(service.server); after checking the key, run: \(scan) >> \(file)")
+        }
+    }
+
+    // MARK: Numbers and lists
+
+    private mutating func resolveKeepalive() -> Keepalive {
+        guard let value = values["keepalive"] else { return Keepalive() }
+        let words = value.words
+        guard (1...2).contains(words.count),
+              case .success(let interval) = ValueParser.seconds(words[0], allowZero: false) else {
+            error("keepalive", "keepalive '\(words.joined(separator: " "))' is not INTERVAL [COUNT], e.g. keepalive = 15 3")
+            return Keepalive()
+        }
+        var count = 3
+        if words.count == 2 {
+            guard let value = Int(words[1]), (1...1000).contains(value) else {
+                error("keepalive", "keepalive count '\(words[1])' is not a number from 1 to 1000")
+                return Keepalive()
+            }
+            count = value
+        }
+        return Keepalive(interval: interval, count: count)
+    }
+
+    private mutating func resolveRate() -> ConnectionRate? {
+        guard let value = values["cps"] else { return nil }
+        let words = value.words
+        guard words.count == 2, let rate = Int(words[0]), rate > 0,
+              case .success(let pause) = ValueParser.seconds(words[1], allowZero: false) else {
+            error("cps", "cps '\(words.joined(separator: " "))' is not RATE SECONDS, e.g. cps = 50 10")
+            return nil
+        }
+        return ConnectionRate(rate: rate, pause: pause)
+    }
+
+    private mutating func resolveMatches(_ attribute: String) -> [AddressMatch] {
+        var matches: [AddressMatch] = []
+        for word in values[attribute]?.words ?? [] {
+            switch ValueParser.addressMatch(word) {
+            case .success(let match): matches.append(match)
+            case .failure(let message): error(attribute, "\(attribute): \(message)")
+            }
+        }
+        return matches
+    }
+
+    private static let logFields: Set<String> = ["PID", "HOST", "USERID", "EXIT", "DURATION", "TRAFFIC", "ATTEMPT"]
+
+    private mutating func resolveLogFields(_ attribute: String) -> Set<String> {
+        guard let words = values[attribute]?.words else { return Self.logFields }
+        var fields = Set<String>()
+        for word in words {
+            if Self.logFields.contains(word.uppercased()) {
+                fields.insert(word.uppercased())
+            } else {
+                warning(attribute, "\(attribute) field \(word) is unknown; known: \(Self.logFields.sorted().joined(separator: " "))")
+            }
+        }
+        return fields
+    }
+}
+
+/// What a private key file's first bytes say about it.
+enum KeyFile {
+    /// Whether the key is RSA: a PEM `RSA PRIVATE KEY`, or an OpenSSH key whose public part is ssh-rsa.
+    static func isRSA(_ head: Data) -> Bool {
+        let text = String(decoding: head, as: UTF8.self)
+        if text.contains("BEGIN RSA PRIVATE KEY") { return true }
+        guard text.contains("BEGIN OPENSSH PRIVATE KEY") else { return false }
+        let body = text.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+        guard let blob = Data(base64Encoded: String(body.prefix(400 - 400 % 4))) ?? Data(base64Encoded: body) else { return false }
+        return String(decoding: blob.prefix(200), as: UTF8.self).contains("ssh-rsa")
+    }
+}
