@@ -59,7 +59,6 @@ public struct CheckReport: Sendable {
         if service.connectTimeout != 10 { options.append("connect_timeout=\(seconds(service.connectTimeout))") }
         if service.hostKeyPolicy != .strict { options.append("host_key=\(service.hostKeyPolicy.rawValue)") }
         if service.fingerprint != nil { options.append("fingerprint") }
-        if service.identityAgent == nil { options.append("no-agent") }
         if let instances = service.instances { options.append("instances=\(instances)") }
         if let perSource = service.perSource { options.append("per_source=\(perSource)") }
         if let cps = service.cps { options.append("cps=\(cps.rate)/\(seconds(cps.pause))") }
