@@ -60,6 +60,7 @@ struct Parser {
                 position += 1
                 guard let nameToken = current, case .word(let name) = nameToken.kind else {
                     error(token.line, nil, "service needs a name: service NAME { … }")
+                    if current?.kind == .openBrace { skipPastStanza() }
                     continue
                 }
                 position += 1
