@@ -1,0 +1,150 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// A real OpenSSH sshd on 127.0.0.1 at a free port, with a throwaway host key and one user
+/// key, logging at VERBOSE to a file the tests read. Root or not: it logs in as the account
+/// that runs the tests.
+final class SSHServer {
+    let directory: ScratchDirectory
+    let port: UInt16
+    /// The private key that `authorized_keys` accepts.
+    let userKey: String
+    /// A known_hosts file holding this server's host key.
+    let knownHosts: String
+    let logFile: String
+    let user: String
+    private var process: ChildProcess?
+    private var keyOptions: String
+
+    /// - `keyOptions`: `authorized_keys` options for the user key, e.g. `restrict,port-forwarding,permitopen="…"`.
+    init(keyOptions: String = "") throws {
+        directory = ScratchDirectory("sshd")
+        port = TCP.freePort()
+        user = String(cString: getpwuid(geteuid()).pointee.pw_name)
+        userKey = directory.file("id_ed25519")
+        knownHosts = directory.file("known_hosts")
+        logFile = directory.file("sshd.log")
+        self.keyOptions = keyOptions
+        try generateHostKey()
+        try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "tunneld-test-user", "-f", userKey])
+        try writeAuthorizedKeys(options: keyOptions)
+        if geteuid() == 0 { try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true) }
+        directory.write("sshd_config", """
+            ListenAddress 127.0.0.1:\(port)
+            HostKey \(directory.file("host_ed25519"))
+            AuthorizedKeysFile \(directory.file("authorized_keys"))
+            PidFile none
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin prohibit-password
+            AllowTcpForwarding yes
+            MaxStartups 1000
+            MaxSessions 1000
+            LogLevel VERBOSE
+            """)
+        try start()
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// Writes known_hosts afresh with the current host key.
+    private func generateHostKey() throws {
+        let hostKey = directory.file("host_ed25519")
+        try? FileManager.default.removeItem(atPath: hostKey)
+        try? FileManager.default.removeItem(atPath: hostKey + ".pub")
+        try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "tunneld-test-host", "-f", hostKey])
+        let publicKey = try String(contentsOfFile: hostKey + ".pub", encoding: .utf8).split(separator: " ")
+        directory.write("known_hosts", "[127.0.0.1]:\(port) \(publicKey[0]) \(publicKey[1])\n")
+    }
+
+    /// The host key's `SHA256:` fingerprint.
+    func hostKeyFingerprint() throws -> String {
+        let output = try runProgram("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", directory.file("host_ed25519.pub")]).output
+        return String(output.split(separator: " ")[1])
+    }
+
+    func writeAuthorizedKeys(options: String) throws {
+        let publicKey = try String(contentsOfFile: userKey + ".pub", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        directory.write("authorized_keys", (options.isEmpty ? "" : options + " ") + publicKey + "\n")
+    }
+
+    /// Starts sshd and waits until it accepts connections.
+    func start() throws {
+        let sshd = FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd") ? "/usr/sbin/sshd" : "/usr/bin/sshd"
+        process = try ChildProcess(sshd, ["-D", "-f", directory.file("sshd_config"), "-E", logFile])
+        let up = waitUntil(timeout: 10) {
+            guard let fd = try? TCP.connect(port: port, timeout: 1) else { return false }
+            close(fd)
+            return true
+        }
+        guard up else { throw TCP.Failure(description: "sshd did not start; its log: \(log)") }
+    }
+
+    /// Stops the listener and every session process it forked.
+    func stop() {
+        signalAll(SIGKILL)
+        _ = process?.wait(timeout: 5)
+        process = nil
+    }
+
+    /// Kills the session processes only (the connections die; the listener stays).
+    func killSessions() {
+        for pid in sessionProcesses() { kill(pid, SIGKILL) }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the session processes.
+    func signalSessions(_ signal: Int32) {
+        for pid in sessionProcesses() { kill(pid, signal) }
+    }
+
+    /// A new host key; known_hosts is rewritten only if `updateKnownHosts`.
+    func changeHostKey(updateKnownHosts: Bool) throws {
+        let saved = try String(contentsOfFile: knownHosts, encoding: .utf8)
+        stop()
+        try generateHostKey()
+        if !updateKnownHosts { directory.write("known_hosts", saved) }
+        try start()
+    }
+
+    private func signalAll(_ signal: Int32) {
+        guard let process, process.isRunning else { return }
+        let sessions = sessionProcesses()
+        process.signal(signal)
+        for pid in sessions { kill(pid, signal) }
+    }
+
+    /// Every descendant of the sshd listener (its per-connection processes and theirs).
+    func sessionProcesses() -> [Int32] {
+        guard let root = process?.pid else { return [] }
+        var parents: [Int32: Int32] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 2, let parent = Int32(fields[1]) { parents[pid] = parent }
+        }
+        var result: [Int32] = []
+        var frontier = [root]
+        while let next = frontier.popLast() {
+            for (pid, parent) in parents where parent == next {
+                result.append(pid)
+                frontier.append(pid)
+            }
+        }
+        return result
+    }
+
+    var log: String {
+        (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+    }
+
+    /// How many SSH logins sshd accepted: the number of SSH sessions made.
+    var acceptedLogins: Int {
+        log.components(separatedBy: "Accepted publickey").count - 1
+    }
+}
