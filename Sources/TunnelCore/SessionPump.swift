@@ -205,6 +205,10 @@ final class SessionPump {
     private func checkOpenDeadline(now: ContinuousClock.Instant) throws {
         guard let current = opening, !current.abandoned, (now - current.startedAt).seconds > current.timeout else { return }
         if session.lastReceived < current.startedAt {
+            if case .probe = current.open {
+                let silence = Int((now - session.lastReceived).seconds)
+                throw SSHError(code: -9, message: "no answer from the server for \(silence) s (keepalive)", function: "keepalive")
+            }
             throw SSHError(code: -9, message: "the server did not answer a channel open within \(Self.format(current.timeout)) s", function: "libssh2_channel_open_ex")
         }
         opening?.abandoned = true
