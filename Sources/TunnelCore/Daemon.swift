@@ -57,14 +57,14 @@ public final class Daemon {
     }
 
     /// Opens the listening socket of `service`, or logs why it cannot and returns nil.
-    private func bind(_ service: Service, stats: ServiceStats) -> Listener.Endpoint? {
+    private func bind(_ service: Service, stats: ServiceStats, limits: ConnectionLimits? = nil) -> Listener.Endpoint? {
         do {
             let fd = try Socket.listen(on: service.listen)
             logger.info("listening", metadata: [
                 "service": "\(service.name)", "listen": "\(service.listen)",
                 "via": "\(service.user)@\(service.server)", "target": "\(service.target)",
             ])
-            return Listener.Endpoint(fd: fd, service: service, stats: stats)
+            return Listener.Endpoint(fd: fd, service: service, stats: stats, limits: limits)
         } catch {
             var advice = ""
             if let error = error as? SocketError {
@@ -113,13 +113,13 @@ public final class Daemon {
                 continue
             }
             if Self.isSame(current.service, service) {
-                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats))
+                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats, limits: current.limits))
                 unchanged += 1
             } else if moved.contains(service.name) {
-                if let endpoint = bind(service, stats: current.stats) { listener.upsert(endpoint) }
+                if let endpoint = bind(service, stats: current.stats, limits: current.limits) { listener.upsert(endpoint) }
                 changed += 1
             } else {
-                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats))
+                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats, limits: current.limits))
                 changed += 1
             }
         }

@@ -11,6 +11,15 @@ final class Listener {
         let fd: Int32
         var service: Service
         let stats: ServiceStats
+        let limits: ConnectionLimits
+
+        init(fd: Int32, service: Service, stats: ServiceStats, limits: ConnectionLimits? = nil) {
+            self.fd = fd
+            self.service = service
+            self.stats = stats
+            self.limits = limits ?? ConnectionLimits(service: service)
+            self.limits.update(service)
+        }
     }
 
     private let pool: SessionPool
@@ -96,11 +105,16 @@ final class Listener {
             if stopping { break }
 
             var set = [pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)]
-            let isPaused = pausedUntil.map { $0 > .now } ?? false
+            let now = ContinuousClock.now
+            let isPaused = pausedUntil.map { $0 > now } ?? false
+            var wakeAt = isPaused ? pausedUntil : nil
             for endpoint in current {
-                set.append(pollfd(fd: isPaused ? -1 : endpoint.fd, events: Int16(POLLIN), revents: 0))
+                // A service over its cps rate is not polled until its pause ends.
+                let servicePause = endpoint.limits.pause(at: now)
+                if let servicePause { wakeAt = min(wakeAt ?? servicePause, servicePause) }
+                set.append(pollfd(fd: isPaused || servicePause != nil ? -1 : endpoint.fd, events: Int16(POLLIN), revents: 0))
             }
-            _ = poll(&set, nfds_t(set.count), isPaused ? 100 : -1)
+            _ = poll(&set, nfds_t(set.count), wakeAt.map { Socket.milliseconds(until: $0) } ?? -1)
             if set[0].revents != 0 {
                 wakeup.drain()
                 continue
@@ -134,8 +148,21 @@ final class Listener {
         finished.signal()
     }
 
+    /// Applies the access rules and limits, then hands the client to its session.
+    /// A refused client is closed at once, with its log line; it never causes an SSH connection.
     private func admit(fd: Int32, peer: TunnelConfig.Endpoint, endpoint: Endpoint) {
         endpoint.stats.connectionStarted()
-        pool.dispatch(Connection(client: ClientEnd(socket: fd), peer: peer, service: endpoint.service, stats: endpoint.stats))
+        let connection = Connection(client: ClientEnd(socket: fd), peer: peer, service: endpoint.service, stats: endpoint.stats)
+        if let rule = AccessControl(service: endpoint.service).refusal(for: peer.host) {
+            connection.finish(.access(rule), logger: logger)
+            return
+        }
+        if let limit = endpoint.limits.admit(source: peer.host) {
+            connection.finish(.limit(limit), logger: logger)
+            return
+        }
+        let limits = endpoint.limits
+        connection.onFinish = { _ in limits.release(source: peer.host) }
+        pool.dispatch(connection)
     }
 }

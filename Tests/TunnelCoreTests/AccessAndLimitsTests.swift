@@ -1,0 +1,85 @@
+import TunnelConfig
+import XCTest
+@testable import TunnelCore
+
+final class AccessControlTests: XCTestCase {
+    private func rules(only: [String] = [], deny: [String] = []) -> AccessControl {
+        func parse(_ text: String) -> AddressMatch {
+            let parts = text.split(separator: "/")
+            if let bytes = AccessControl.bytes(of: String(parts[0])) {
+                return .network(address: bytes, prefixLength: parts.count == 2 ? Int(parts[1])! : bytes.count * 8)
+            }
+            return .hostname(text)
+        }
+        let service = Service(
+            name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
+            server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
+            onlyFrom: only.map(parse), noAccess: deny.map(parse))
+        return AccessControl(service: service)
+    }
+
+    func testNoRulesLetsAnyoneIn() {
+        XCTAssertNil(rules().refusal(for: "192.0.2.7"))
+    }
+
+    func testOnlyFromAdmitsItsBlocksOnly() {
+        let access = rules(only: ["10.0.0.0/8", "2001:db8::/32"])
+        XCTAssertNil(access.refusal(for: "10.1.2.3"))
+        XCTAssertNil(access.refusal(for: "::ffff:10.1.2.3"), "IPv4-mapped addresses are IPv4")
+        XCTAssertNil(access.refusal(for: "2001:db8::42"))
+        XCTAssertEqual(access.refusal(for: "192.0.2.1"), "not in only_from")
+        XCTAssertEqual(access.refusal(for: "2001:db9::1"), "not in only_from")
+    }
+
+    func testTheMoreSpecificMatchWins() {
+        let access = rules(only: ["10.0.0.0/8", "10.1.2.3"], deny: ["10.1.0.0/16"])
+        XCTAssertNil(access.refusal(for: "10.2.0.1"))
+        XCTAssertEqual(access.refusal(for: "10.1.9.9"), "no_access 10.1.0.0/16")
+        XCTAssertNil(access.refusal(for: "10.1.2.3"), "a single address is more specific than its block")
+        XCTAssertEqual(rules(only: ["10.0.0.0/8"], deny: ["10.0.0.0/8"]).refusal(for: "10.0.0.1"), "no_access 10.0.0.0/8", "a tie refuses")
+        XCTAssertEqual(rules(deny: ["127.0.0.1"]).refusal(for: "127.0.0.1"), "no_access 127.0.0.1")
+    }
+
+    func testHostNamesMatchTheirAddresses() {
+        XCTAssertNil(rules(only: ["localhost"]).refusal(for: "127.0.0.1"))
+        XCTAssertEqual(rules(only: ["localhost"]).refusal(for: "192.0.2.1"), "not in only_from")
+    }
+}
+
+final class ConnectionLimitsTests: XCTestCase {
+    private func limits(instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil) -> ConnectionLimits {
+        ConnectionLimits(service: Service(
+            name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
+            server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
+            instances: instances, perSource: perSource, cps: cps))
+    }
+
+    func testInstancesCountsLiveConnections() {
+        let limits = limits(instances: 2)
+        XCTAssertNil(limits.admit(source: "a"))
+        XCTAssertNil(limits.admit(source: "b"))
+        XCTAssertEqual(limits.admit(source: "c"), "instances")
+        limits.release(source: "a")
+        XCTAssertNil(limits.admit(source: "c"))
+    }
+
+    func testPerSourceCountsEachAddress() {
+        let limits = limits(perSource: 1)
+        XCTAssertNil(limits.admit(source: "a"))
+        XCTAssertEqual(limits.admit(source: "a"), "per_source")
+        XCTAssertNil(limits.admit(source: "b"))
+        limits.release(source: "a")
+        XCTAssertNil(limits.admit(source: "a"))
+    }
+
+    func testCPSPausesTheServiceThenResumes() {
+        let limits = limits(cps: ConnectionRate(rate: 2, pause: 5))
+        let start = ContinuousClock.now
+        XCTAssertNil(limits.admit(source: "a", now: start))
+        XCTAssertNil(limits.admit(source: "a", now: start + .milliseconds(100)))
+        XCTAssertEqual(limits.admit(source: "a", now: start + .milliseconds(200)), "cps")
+        XCTAssertNotNil(limits.pause(at: start + .seconds(3)))
+        XCTAssertNil(limits.pause(at: start + .seconds(6)))
+        XCTAssertNil(limits.admit(source: "a", now: start + .seconds(6)))
+    }
+}
