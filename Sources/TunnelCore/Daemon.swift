@@ -9,6 +9,7 @@ public final class Daemon {
     private var configuration: Configuration
     private let reloadConfiguration: () -> Configuration
     private let logger: Logger
+    private let systemd = SystemdNotifier()
 
     /// - `reloadConfiguration` reads the configuration again, for SIGHUP.
     public init(configuration: Configuration, reloadConfiguration: @escaping () -> Configuration, logger: Logger) {
@@ -34,19 +35,39 @@ public final class Daemon {
         pool.startPersistentSessions()
         let listener = Listener(endpoints: endpoints, pool: pool, logger: logger)
         listener.start()
+        let startedAt = Date()
+        var control: ControlSocket?
+        let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
+        do {
+            control = try ControlSocket(path: controlPath, logger: logger) { request in
+                let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
+                switch request {
+                case "status": return report.table()
+                case "status json": return report.json()
+                default: return "unknown request '\(request)'; try status or status json\n"
+                }
+            }
+        } catch {
+            logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
+        }
+        defer { control?.close() }
         logger.notice("started", metadata: ["services": "\(endpoints.count)"])
+        systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])
 
         while true {
             var received: Int32 = 0
             guard sigwait(&signals, &received) == 0 else { continue }
             if received == SIGHUP {
+                systemd.notify(["RELOADING=1", SystemdNotifier.monotonicMicroseconds()])
                 reload(listener: listener, pool: pool)
+                systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])
                 continue
             }
             break
         }
         let drainSeconds = configuration.globals.shutdownTimeout
         logger.notice("stopping", metadata: ["drain.seconds": "\(SessionPump.format(drainSeconds))"])
+        systemd.notify(["STOPPING=1", "STATUS=stopping: letting live connections finish"])
         listener.stop()
         let deadline = ContinuousClock.now + Duration(seconds: drainSeconds)
         pool.stopAll(drainUntil: deadline)
@@ -54,6 +75,31 @@ public final class Daemon {
             usleep(10_000)
         }
         logger.notice("stopped")
+    }
+
+    /// What `tunneld status` shows now.
+    static func status(listener: Listener, pool: SessionPool, startedAt: Date) -> StatusReport {
+        let services = listener.currentEndpoints.map { endpoint -> StatusReport.ServiceStatus in
+            let service = endpoint.service
+            let counters = endpoint.stats.snapshot
+            let session = pool.state(of: service.sessionKey)
+            var retryAt: String?
+            if case .backingOff(let until) = session { retryAt = StatusReport.timestamp(until) }
+            return StatusReport.ServiceStatus(
+                name: service.name, listen: "\(service.listen)", via: "\(service.user)@\(service.server)",
+                target: "\(service.target)", session: session.name, retryAt: retryAt,
+                liveConnections: counters.live, totalConnections: counters.total,
+                bytesUp: counters.bytesUp, bytesDown: counters.bytesDown, refusals: counters.refusals,
+                lastError: counters.lastError, lastErrorAt: counters.lastErrorAt.map(StatusReport.timestamp))
+        }
+        return StatusReport(pid: getpid(), startedAt: StatusReport.timestamp(startedAt), services: services.sorted { $0.name < $1.name })
+    }
+
+    /// The one-line summary systemd shows in `systemctl status`.
+    private func statusLine(_ listener: Listener) -> String {
+        let endpoints = listener.currentEndpoints
+        let names = endpoints.map(\.service.name).sorted().joined(separator: ", ")
+        return "serving \(endpoints.count) service\(endpoints.count == 1 ? "" : "s"): \(names)"
     }
 
     /// Opens the listening socket of `service`, or logs why it cannot and returns nil.

@@ -152,6 +152,7 @@ final class SessionLoop {
                 downMetadata["reason"] = "\(reason)"
             }
             logger.info("session down", metadata: downMetadata)
+            pool.recordDown(for: settings.key)
 
             if case .died = ending, !settings.isPersistent {
                 // Waiting clients get one more chance, on a new session.

@@ -8,9 +8,39 @@ final class SessionPool {
     private struct KeyState {
         var settings: SessionSettings
         var loop: SessionLoop?
+        var isUp = false
         var failures = 0
         var retryAt: ContinuousClock.Instant?
         var lastError: String?
+    }
+
+    /// A session key's state for `tunneld status`.
+    enum SessionState: Equatable {
+        case idle
+        case connecting
+        case up
+        case backingOff(until: Date)
+
+        var name: String {
+            switch self {
+            case .idle: return "idle"
+            case .connecting: return "connecting"
+            case .up: return "up"
+            case .backingOff: return "backing-off"
+            }
+        }
+    }
+
+    /// The state of the session that `key` uses.
+    func state(of key: SessionKey) -> SessionState {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let state = states[key] else { return .idle }
+        if let retryAt = state.retryAt, retryAt > .now {
+            return .backingOff(until: Date().addingTimeInterval((retryAt - .now).seconds))
+        }
+        if state.loop == nil { return .idle }
+        return state.isUp ? .up : .connecting
     }
 
     private let lock = NSLock()
@@ -99,6 +129,14 @@ final class SessionPool {
         defer { lock.unlock() }
         states[key]?.failures = 0
         states[key]?.retryAt = nil
+        states[key]?.isUp = true
+    }
+
+    /// Notes that the session of `key` went down.
+    func recordDown(for key: SessionKey) {
+        lock.lock()
+        defer { lock.unlock() }
+        states[key]?.isUp = false
     }
 
     /// Forgets a loop that has retired.
@@ -106,7 +144,10 @@ final class SessionPool {
         lock.lock()
         defer { lock.unlock() }
         let key = loop.settings.key
-        if states[key]?.loop === loop { states[key]?.loop = nil }
+        if states[key]?.loop === loop {
+            states[key]?.loop = nil
+            states[key]?.isUp = false
+        }
         liveLoops[ObjectIdentifier(loop)] = nil
     }
 

@@ -17,7 +17,8 @@ struct Tunneld: ParsableCommand {
             accepted connection through an SSH direct-tcpip channel to the stanza's target, \
             sharing one SSH session per server among all connections.
             """,
-        version: version
+        version: version,
+        subcommands: [Status.self]
     )
 
     @Option(name: [.customShort("f"), .customLong("config")],
@@ -112,5 +113,33 @@ extension Logger.Level {
     init?(configurationName: String?) {
         guard let name = configurationName?.lowercased(), let level = Logger.Level(rawValue: name) else { return nil }
         self = level
+    }
+}
+
+/// `tunneld status [--json]`: asks the running daemon over its control socket.
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the running daemon's services, sessions and counters.")
+
+    @Flag(name: .customLong("json"), help: "Print JSON instead of a table.")
+    var isJSON = false
+
+    @Option(name: .customLong("socket"), help: ArgumentHelp("The control socket (default: control_socket from the configuration, else the platform default).", valueName: "path"))
+    var socketPath: String?
+
+    @Option(name: [.customShort("f"), .customLong("config")], help: ArgumentHelp("Configuration to read control_socket from.", valueName: "path"))
+    var path: String = "/etc/tunneld/services.d"
+
+    func run() throws {
+        var socket = socketPath
+        if socket == nil, FileManager.default.fileExists(atPath: path) {
+            socket = ConfigurationLoader(environment: .current).load(path: path).globals.controlSocket
+        }
+        do {
+            print(try StatusClient.fetch(json: isJSON, socketPath: socket), terminator: "")
+        } catch {
+            FileHandle.standardError.write(Data("tunneld status: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }

@@ -1,0 +1,127 @@
+import Foundation
+import Glibc
+import Logging
+
+/// The daemon's Unix control socket (mode 0600): a client sends one line, `status` or
+/// `status json`, and reads the answer until the daemon closes the connection.
+final class ControlSocket {
+    let path: String
+    private let fd: Int32
+    private let respond: (String) -> String
+    private let logger: Logger
+
+    /// Where the socket lives when the configuration does not say: /run/tunneld as root,
+    /// else $XDG_RUNTIME_DIR, else /tmp.
+    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if geteuid() == 0 { return "/run/tunneld/control.sock" }
+        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/tunneld.sock" }
+        return "/tmp/tunneld-\(geteuid()).sock"
+    }
+
+    /// Binds `path`, replacing a stale socket file but not a live daemon's.
+    init(path: String, logger: Logger, respond: @escaping (String) -> String) throws {
+        self.path = path
+        self.respond = respond
+        self.logger = logger
+        let directory = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        if FileManager.default.fileExists(atPath: path) {
+            if (try? ControlSocket.request("status", path: path, timeout: 1)) != nil {
+                throw ControlError(description: "another tunneld answers on \(path); stop it or set control_socket to another path")
+            }
+            unlink(path)
+        }
+        var address = try Self.address(path)
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let oldMask = umask(0o177)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(oldMask)
+        guard bound == 0, listen(fd, 16) == 0 else {
+            let error = ControlError(description: "cannot create the control socket \(path): \(String(cString: strerror(errno)))")
+            Glibc.close(fd)
+            throw error
+        }
+        chmod(path, 0o600)
+        let thread = Thread { [self] in serve() }
+        thread.name = "control"
+        thread.start()
+    }
+
+    /// Stops answering and removes the socket file.
+    func close() {
+        unlink(path)
+        shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
+    }
+
+    private func serve() {
+        while true {
+            let client = accept(fd, nil, nil)
+            if client < 0 {
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                return
+            }
+            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var request: [UInt8] = []
+            var byte: UInt8 = 0
+            while request.count < 256, recv(client, &byte, 1, 0) == 1, byte != UInt8(ascii: "\n") {
+                request.append(byte)
+            }
+            let answer = respond(String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespaces))
+            _ = answer.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            Glibc.close(client)
+        }
+    }
+
+    /// Sends `line` to the daemon at `path` and returns its whole answer.
+    public static func request(_ line: String, path: String, timeout: Double = 5) throws -> String {
+        var address = try address(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var value = timeval(tv_sec: Int(timeout), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            throw ControlError(description: "cannot reach tunneld at \(path): \(String(cString: strerror(errno))); is it running? (see control_socket in defaults)")
+        }
+        _ = (line + "\n").withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            answer.append(contentsOf: buffer[0..<count])
+        }
+        return String(decoding: answer, as: UTF8.self)
+    }
+
+    private static func address(_ path: String) throws -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw ControlError(description: "control socket path \(path) is too long for a Unix socket")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        return address
+    }
+}
+
+/// The control socket could not be made or reached.
+public struct ControlError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// `tunneld status`: asks the running daemon.
+public enum StatusClient {
+    /// The daemon's answer to `status` (a table) or `status json`.
+    public static func fetch(json: Bool, socketPath: String?) throws -> String {
+        try ControlSocket.request(json ? "status json" : "status", path: socketPath ?? ControlSocket.defaultPath())
+    }
+}
