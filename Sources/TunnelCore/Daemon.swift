@@ -27,9 +27,36 @@ public final class Daemon {
         for number in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, number) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let endpoints = configuration.services.compactMap { bind($0, stats: ServiceStats()) }
+        let activation = SocketActivation()
+        let endpoints = configuration.services.compactMap { service -> Listener.Endpoint? in
+            if let fd = activation.claim(for: service) {
+                logger.info("listening on a socket from systemd", metadata: ["service": "\(service.name)", "listen": "\(service.listen)"])
+                return Listener.Endpoint(fd: fd, service: service, stats: ServiceStats())
+            }
+            return bind(service, stats: ServiceStats())
+        }
+        for leftover in activation.closeUnclaimed() {
+            logger.warning("a socket passed by systemd matches no service; closed", metadata: ["socket": "\(leftover)"])
+        }
         guard !endpoints.isEmpty else {
             throw DaemonError(description: "no service could listen; see the errors above")
+        }
+        if let account = configuration.globals.runAs {
+            do {
+                let (uid, gid) = try Privileges.ids(of: account)
+                // The control socket directory must stay usable after the switch.
+                let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
+                let directory = (controlPath as NSString).deletingLastPathComponent
+                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+                if directory.hasPrefix("/run/tunneld") { chown(directory, uid, gid) }
+                try Privileges.drop(to: account)
+                logger.notice("switched to run_as account", metadata: ["run_as": "\(account)"])
+            } catch {
+                for endpoint in endpoints { close(endpoint.fd) }
+                throw DaemonError(description: "\(error)")
+            }
+        } else if geteuid() == 0 {
+            logger.warning("running as root; set run_as in defaults to drop privileges after binding")
         }
         let pool = SessionPool(services: endpoints.map(\.service), logger: logger)
         pool.startPersistentSessions()
@@ -114,7 +141,9 @@ public final class Daemon {
         } catch {
             var advice = ""
             if let error = error as? SocketError {
-                if error.code == EACCES { advice = "; ports below 1024 need root or CAP_NET_BIND_SERVICE" }
+                if error.code == EACCES {
+                    advice = geteuid() == 0 ? "" : "; ports below 1024 need root or CAP_NET_BIND_SERVICE (after run_as, restart tunneld to bind one)"
+                }
                 if error.code == EADDRINUSE { advice = "; another program listens there (see ss -ltnp)" }
             }
             logger.error("cannot listen; service not started", metadata: [

@@ -90,7 +90,8 @@ final class Listener {
 
     private func run() {
         var pausedUntil: ContinuousClock.Instant?
-        var hasLoggedExhaustion = false
+        // Running out of descriptors is logged once a minute at most: a flood must not flood the log too.
+        var exhaustionLoggedAt: ContinuousClock.Instant?
         while true {
             lock.lock()
             let current = endpoints
@@ -124,15 +125,14 @@ final class Listener {
                     // A bounded batch per wake-up keeps one busy service from starving the others.
                     for _ in 0..<64 {
                         guard let (fd, peer) = try Socket.accept(from: endpoint.fd) else { break }
-                        hasLoggedExhaustion = false
                         admit(fd: fd, peer: peer, endpoint: endpoint)
                     }
                 } catch let error as SocketError where [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.code) {
-                    if !hasLoggedExhaustion {
+                    if exhaustionLoggedAt.map({ ContinuousClock.now - $0 > .seconds(60) }) ?? true {
                         logger.error("accepting paused: out of file descriptors; live connections continue", metadata: [
                             "service": "\(endpoint.service.name)", "error": "\(error)",
                         ])
-                        hasLoggedExhaustion = true
+                        exhaustionLoggedAt = .now
                     }
                     pausedUntil = .now + .milliseconds(100)
                 } catch {

@@ -26,7 +26,8 @@ final class TunneldProcess {
 
     /// Writes `stanzas` as files of a services.d directory (name → text) and starts tunneld
     /// on it; returns once it logs that it has started.
-    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], waitForStart: Bool = true) throws {
+    /// - `wrapper`: a program and arguments that run tunneld (e.g. `prlimit --nofile=48`).
+    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], wrapper: [String] = [], waitForStart: Bool = true) throws {
         directory = ScratchDirectory("tunneld")
         configPath = directory.file("services.d")
         try FileManager.default.createDirectory(atPath: configPath, withIntermediateDirectories: true)
@@ -42,7 +43,8 @@ final class TunneldProcess {
         env["HOME"] = directory.path
         env["SSH_AUTH_SOCK"] = nil
         for (key, value) in environment { env[key] = value }
-        process = try ChildProcess(binary, ["-f", configPath] + arguments, environment: env, output: directory.file("stdout"), error: logFile)
+        let command = wrapper + [binary, "-f", configPath] + arguments
+        process = try ChildProcess(command[0], Array(command.dropFirst()), environment: env, output: directory.file("stdout"), error: logFile)
         if waitForStart {
             guard waitForLog("notice started", timeout: 10) else {
                 throw TCP.Failure(description: "tunneld did not start; its log:\n\(log)")

@@ -1,0 +1,63 @@
+import Foundation
+import Glibc
+import TunnelConfig
+
+/// Listening sockets passed by systemd (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`), matched
+/// to services by `FileDescriptorName=` or by address.
+final class SocketActivation {
+    struct Passed {
+        let fd: Int32
+        let name: String?
+        let address: Endpoint?
+    }
+
+    private(set) var unclaimed: [Passed]
+
+    /// Takes the sockets passed to this process, if any, and unsets the variables so that
+    /// children do not see them.
+    init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        unclaimed = []
+        guard let pidText = environment["LISTEN_PID"], Int32(pidText) == getpid(),
+              let countText = environment["LISTEN_FDS"], let count = Int32(countText), count > 0 else { return }
+        let names = environment["LISTEN_FDNAMES"]?.split(separator: ":", omittingEmptySubsequences: false).map(String.init) ?? []
+        for index in 0..<Int(count) {
+            let fd = Int32(3 + index)
+            Socket.setNonBlocking(fd)
+            let name = index < names.count && !names[index].isEmpty && names[index] != "unknown" ? names[index] : nil
+            unclaimed.append(Passed(fd: fd, name: name, address: Self.localAddress(fd)))
+        }
+        unsetenv("LISTEN_PID")
+        unsetenv("LISTEN_FDS")
+        unsetenv("LISTEN_FDNAMES")
+    }
+
+    /// The passed socket for `service`: the one named after it, else the one on its address.
+    func claim(for service: Service) -> Int32? {
+        let index = unclaimed.firstIndex { $0.name == service.name }
+            ?? unclaimed.firstIndex { $0.name == nil && $0.address == service.listen }
+            ?? unclaimed.firstIndex { $0.address == service.listen }
+        guard let index else { return nil }
+        return unclaimed.remove(at: index).fd
+    }
+
+    /// Closes the sockets no service claimed; returns their descriptions for a warning.
+    func closeUnclaimed() -> [String] {
+        defer {
+            for passed in unclaimed { close(passed.fd) }
+            unclaimed.removeAll()
+        }
+        return unclaimed.map { passed in
+            [passed.name.map { "name \($0)" }, passed.address.map { "address \($0)" }].compactMap { $0 }.joined(separator: ", ")
+        }
+    }
+
+    private static func localAddress(_ fd: Int32) -> Endpoint? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard status == 0, storage.ss_family == sa_family_t(AF_INET) || storage.ss_family == sa_family_t(AF_INET6) else { return nil }
+        return Socket.endpoint(of: storage)
+    }
+}

@@ -1,0 +1,291 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Operating the daemon (issue 4): reload, drain, limits, access rules, status, systemd,
+/// stdio mode; all against a real sshd.
+final class OperationsTests: XCTestCase {
+    private var sshd: SSHServer!
+    private var echo: EchoServer!
+
+    override func setUpWithError() throws {
+        sshd = try SSHServer()
+        echo = try EchoServer()
+    }
+
+    override func tearDown() {
+        sshd = nil
+        echo = nil
+    }
+
+    /// A connection that stays open; `roundTrip` checks it still carries bytes.
+    private final class HeldConnection {
+        let fd: Int32
+        init(port: UInt16) throws { fd = try TCP.connect(port: port, timeout: 5) }
+        deinit { close(fd) }
+        func roundTrip(_ text: String) throws -> Bool {
+            try TCP.sendAll(fd, Array(text.utf8))
+            return try TCP.readAll(fd, limit: text.utf8.count) == Array(text.utf8)
+        }
+        func finish() throws -> Bool {
+            shutdown(fd, Int32(SHUT_WR))
+            return try TCP.readAll(fd) == []
+        }
+    }
+
+    func testReloadKeepsUnchangedServicesAndTheirConnections() throws {
+        let ports = (0..<5).map { _ in TCP.freePort() }
+        let tunneld = try TunneldProcess(stanzas: [
+            "a": stanza("a", port: ports[0], via: sshd, target: echo.port),
+            "b": stanza("b", port: ports[1], via: sshd, target: echo.port),
+            "c": stanza("c", port: ports[2], via: sshd, target: echo.port),
+        ])
+        let onUnchanged = try HeldConnection(port: ports[0])
+        let onRemoved = try HeldConnection(port: ports[1])
+        XCTAssertTrue(try onUnchanged.roundTrip("before"))
+        XCTAssertTrue(try onRemoved.roundTrip("before"))
+
+        // b removed, c moved to another port, d added.
+        try FileManager.default.removeItem(atPath: tunneld.configPath + "/b")
+        tunneld.directory.write("services.d/c", stanza("c", port: ports[3], via: sshd, target: echo.port))
+        tunneld.directory.write("services.d/d", stanza("d", port: ports[4], via: sshd, target: echo.port))
+        tunneld.signal(SIGHUP)
+        XCTAssertTrue(tunneld.waitForLog("reloaded: 1 added, 1 changed, 1 removed, 1 unchanged", timeout: 5), tunneld.log)
+
+        XCTAssertTrue(try onUnchanged.roundTrip("after"), "a connection on an unchanged service carries on")
+        XCTAssertTrue(try onRemoved.roundTrip("after"), "a removed service's live connection finishes")
+        XCTAssertTrue(try onRemoved.finish())
+        XCTAssertThrowsError(try TCP.connect(port: ports[1]), "the removed service no longer accepts")
+        XCTAssertThrowsError(try TCP.connect(port: ports[2]), "the moved service left its old port")
+        XCTAssertEqual(try TCP.exchange(port: ports[3], Array("c".utf8)), Array("c".utf8))
+        XCTAssertEqual(try TCP.exchange(port: ports[4], Array("d".utf8)), Array("d".utf8))
+
+        // A broken file changes nothing.
+        tunneld.directory.write("services.d/e", "service e { port = 99999 }")
+        tunneld.signal(SIGHUP)
+        XCTAssertTrue(tunneld.waitForLog("reload refused", timeout: 5), tunneld.log)
+        XCTAssertTrue(tunneld.log.contains("services.d/e:1: error: e: port: port 99999 is out of range"), tunneld.log)
+        XCTAssertTrue(try onUnchanged.roundTrip("still"))
+        XCTAssertEqual(try TCP.exchange(port: ports[4], Array("d".utf8)), Array("d".utf8))
+        XCTAssertEqual(sshd.acceptedLogins, 1, "one session served them all")
+    }
+
+    func testTermLetsLiveConnectionsFinishThenExitsZero() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "defaults": "defaults { shutdown_timeout = 3 }\n",
+            "a": stanza("a", port: port, via: sshd, target: echo.port),
+        ])
+        let finishing = try HeldConnection(port: port)
+        let lingering = try HeldConnection(port: port)
+        XCTAssertTrue(try finishing.roundTrip("1"))
+        XCTAssertTrue(try lingering.roundTrip("2"))
+        let stoppedAt = Date()
+        tunneld.signal(SIGTERM)
+        XCTAssertTrue(tunneld.waitForLog("notice stopping", timeout: 3))
+        XCTAssertThrowsError(try TCP.connect(port: port), "stops accepting at once")
+        XCTAssertTrue(try finishing.roundTrip("in flight"), "a live connection keeps working while draining")
+        XCTAssertTrue(try finishing.finish())
+        XCTAssertEqual(tunneld.terminate(timeout: 10), 0)
+        let seconds = Date().timeIntervalSince(stoppedAt)
+        XCTAssertGreaterThan(seconds, 2.5, "the connection that did not finish got the whole bound")
+        XCTAssertLessThan(seconds, 6)
+        XCTAssertEqual(tunneld.connectionLines(containing: "result=ok").count, 1, tunneld.log)
+        XCTAssertEqual(tunneld.connectionLines(containing: "result=shutdown").count, 1, tunneld.log)
+    }
+
+    func testLimitsRefuseExactlyWhatTheyShould() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["a": stanza("a", port: port, via: sshd, target: echo.port, extra: "    instances = 3\n    per_source = 2")])
+        let held = try (0..<2).map { _ in try HeldConnection(port: port) }
+        for connection in held { XCTAssertTrue(try connection.roundTrip("x")) }
+        // A third from the same address: per_source.
+        let third = try TCP.connect(port: port)
+        XCTAssertEqual(try TCP.readAll(third), [])
+        close(third)
+        XCTAssertTrue(tunneld.waitForLog("result=\"limit: per_source\"", timeout: 2), tunneld.log)
+        XCTAssertEqual(tunneld.connectionLines(containing: "limit:").count, 1)
+        XCTAssertEqual(echo.connectionCount, 2, "a refused client never reaches the target")
+        XCTAssertEqual(sshd.acceptedLogins, 1)
+    }
+
+    func testInstancesAndCPS() throws {
+        let port = TCP.freePort()
+        let cpsPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "a": stanza("a", port: port, via: sshd, target: echo.port, extra: "    instances = 2"),
+            "b": stanza("b", port: cpsPort, via: sshd, target: echo.port, extra: "    cps = 3 2"),
+        ])
+        let held = try (0..<2).map { _ in try HeldConnection(port: port) }
+        for connection in held { XCTAssertTrue(try connection.roundTrip("x")) }
+        for _ in 0..<3 {
+            let fd = try TCP.connect(port: port)
+            XCTAssertEqual(try TCP.readAll(fd), [])
+            close(fd)
+        }
+        XCTAssertTrue(tunneld.waitForLog("limit: instances", count: 3, timeout: 2), tunneld.log)
+
+        // Four quick connections: the fourth is over 3 a second and pauses the service.
+        for index in 0..<4 {
+            let fd = try TCP.connect(port: cpsPort)
+            if index < 3 { try TCP.sendAll(fd, [1]); XCTAssertEqual(try TCP.readAll(fd, limit: 1), [1]) }
+            close(fd)
+        }
+        XCTAssertTrue(tunneld.waitForLog("limit: cps", timeout: 2), tunneld.log)
+        XCTAssertTrue(waitUntil(timeout: 5) { (try? TCP.exchange(port: cpsPort, [9], timeout: 3)) == [9] }, "accepting resumes after the pause")
+    }
+
+    func testAccessRulesRefuseWithoutAnSSHConnection() throws {
+        let port = TCP.freePort()
+        let allowedPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "closed": stanza("closed", port: port, via: sshd, target: echo.port, extra: "    only_from = 192.0.2.0/24"),
+            "open": stanza("open", port: allowedPort, via: sshd, target: echo.port, extra: "    only_from = 127.0.0.0/8\n    no_access = 127.0.0.2"),
+        ])
+        for _ in 0..<3 {
+            let fd = try TCP.connect(port: port)
+            XCTAssertEqual(try TCP.readAll(fd), [])
+            close(fd)
+        }
+        XCTAssertTrue(tunneld.waitForLog("result=\"access: not in only_from\"", count: 3, timeout: 2), tunneld.log)
+        XCTAssertEqual(sshd.acceptedLogins, 0, "refused clients never cause an SSH connection")
+        XCTAssertEqual(try TCP.exchange(port: allowedPort, Array("ok".utf8)), Array("ok".utf8))
+    }
+
+    func testRunningOutOfDescriptorsPausesAcceptingAndRecovers() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(
+            stanzas: ["a": stanza("a", port: port, via: sshd, target: echo.port)],
+            wrapper: ["/usr/bin/prlimit", "--nofile=48"])
+        let live = try HeldConnection(port: port)
+        XCTAssertTrue(try live.roundTrip("first"))
+        var held: [HeldConnection] = []
+        for _ in 0..<60 {
+            if let connection = try? HeldConnection(port: port) { held.append(connection) }
+        }
+        XCTAssertTrue(tunneld.waitForLog("out of file descriptors", timeout: 5), tunneld.log)
+        XCTAssertTrue(tunneld.isRunning)
+        XCTAssertTrue(try live.roundTrip("alive"), "live connections continue")
+        held.removeAll()
+        XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.exchange(port: port, Array("again".utf8), timeout: 3)) == Array("again".utf8) }, tunneld.log)
+        XCTAssertEqual(tunneld.log.components(separatedBy: "out of file descriptors").count - 1, 1, "logged once")
+    }
+
+    func testStatusReportsStatesAndCounters() throws {
+        let port = TCP.freePort()
+        let refusedPort = TCP.freePort()
+        let socketPath = ScratchDirectory("ctl").file("control.sock")
+        let tunneld = try TunneldProcess(stanzas: [
+            "defaults": "defaults { control_socket = \(socketPath) }\n",
+            "a": stanza("a", port: port, via: sshd, target: echo.port),
+            "b": stanza("b", port: refusedPort, via: sshd, target: echo.port, extra: "    only_from = 192.0.2.1"),
+        ])
+        for _ in 0..<3 { XCTAssertEqual(try TCP.exchange(port: port, Array("12345".utf8)), Array("12345".utf8)) }
+        let fd = try TCP.connect(port: refusedPort)
+        _ = try TCP.readAll(fd)
+        close(fd)
+        XCTAssertTrue(tunneld.waitForLog("access:", timeout: 2))
+
+        var info = stat()
+        XCTAssertEqual(stat(socketPath, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600, "only the owner may ask")
+
+        let result = try runProgram(TunneldProcess.binary, ["status", "--json", "--socket", socketPath])
+        XCTAssertEqual(result.status, 0, result.error)
+        let report = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
+        let services = try XCTUnwrap(report?["services"] as? [[String: Any]])
+        let a = try XCTUnwrap(services.first { $0["name"] as? String == "a" })
+        XCTAssertEqual(a["session"] as? String, "up")
+        XCTAssertEqual(a["totalConnections"] as? Int, 3)
+        XCTAssertEqual(a["liveConnections"] as? Int, 0)
+        XCTAssertEqual(a["bytesUp"] as? Int, 15)
+        XCTAssertEqual(a["bytesDown"] as? Int, 15)
+        let b = try XCTUnwrap(services.first { $0["name"] as? String == "b" })
+        XCTAssertEqual(b["session"] as? String, "up", "b shares a's session (same server, user and keys)")
+        XCTAssertEqual(b["refusals"] as? [String: Int], ["access": 1])
+        XCTAssertEqual(b["lastError"] as? String, "access: not in only_from")
+
+        let table = try runProgram(TunneldProcess.binary, ["status", "--socket", socketPath])
+        XCTAssertTrue(table.output.contains("b refused: access 1"), table.output)
+    }
+
+    func testSystemdNotificationsAndSocketActivation() throws {
+        let directory = ScratchDirectory("notify")
+        let notifyPath = directory.file("notify.sock")
+        let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(notify) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(notifyPath.utf8)) }
+        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(notify, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(bound, 0)
+        TCP.setTimeout(notify, 10)
+
+        // A launcher in the role of systemd: it binds the socket and passes it as fd 3.
+        let port = TCP.freePort()
+        let launcher = directory.write("launch.py", """
+            import os, socket, sys
+            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", \(port))); s.listen(16)
+            os.dup2(s.fileno(), 3); os.set_inheritable(3, True)
+            os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="passed")
+            os.execv(sys.argv[1], sys.argv[1:])
+            """)
+        let tunneld = try TunneldProcess(
+            stanzas: ["passed": stanza("passed", port: port, via: sshd, target: echo.port)],
+            environment: ["NOTIFY_SOCKET": notifyPath],
+            wrapper: ["/usr/bin/env", "python3", launcher])
+        func next() -> String {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = recv(notify, &buffer, buffer.count, 0)
+            return count > 0 ? String(decoding: buffer[0..<count], as: UTF8.self) : "(nothing)"
+        }
+        XCTAssertTrue(next().hasPrefix("READY=1\nSTATUS=serving 1 service: passed"))
+        XCTAssertTrue(tunneld.log.contains("listening on a socket from systemd"), tunneld.log)
+        XCTAssertEqual(try TCP.exchange(port: port, Array("activated".utf8)), Array("activated".utf8))
+        tunneld.signal(SIGHUP)
+        XCTAssertTrue(next().hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
+        XCTAssertTrue(next().hasPrefix("READY=1"))
+        tunneld.signal(SIGTERM)
+        XCTAssertTrue(next().hasPrefix("STOPPING=1"))
+        XCTAssertEqual(tunneld.terminate(), 0)
+    }
+
+    func testStdioModeWorksAsAProxyCommand() throws {
+        // The service's target is the sshd itself: ssh logs in through tunneld --stdio.
+        let directory = ScratchDirectory("stdio")
+        directory.write("services.d/jump", stanza("jump", port: TCP.freePort(), via: sshd, target: sshd.port))
+        let proxy = "\(TunneldProcess.binary) -f \(directory.file("services.d")) --stdio jump"
+        let result = try runProgram("/usr/bin/ssh", [
+            "-o", "ProxyCommand=\(proxy)", "-i", sshd.userKey, "-o", "UserKnownHostsFile=\(sshd.knownHosts)",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "HostKeyAlias=[127.0.0.1]:\(sshd.port)",
+            "\(sshd.user)@jump", "echo", "through-the-tunnel",
+        ], environment: ["PATH": "/usr/bin:/bin", "HOME": directory.path])
+        XCTAssertEqual(result.output.trimmingCharacters(in: .whitespacesAndNewlines), "through-the-tunnel", result.error)
+        XCTAssertEqual(sshd.acceptedLogins, 2, "one session for tunneld, one for ssh inside it")
+    }
+
+    func testCheckCommand() throws {
+        let examples = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("services.d").path
+        let good = try runProgram(TunneldProcess.binary, ["--check", "-f", examples])
+        XCTAssertEqual(good.status, 0, good.output)
+        XCTAssertTrue(good.output.contains("configuration OK"), good.output)
+
+        let directory = ScratchDirectory("check")
+        directory.write("services.d/good", stanza("good", port: 7001, via: sshd, target: echo.port))
+        directory.write("services.d/bad", "service bad\n{\n    port = 7002\n    server = h\n    server_args = localhost\n}\n")
+        let bad = try runProgram(TunneldProcess.binary, ["--check", "-f", directory.file("services.d")])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.output.contains("services.d/bad:5: error: bad: server_args 'localhost' is not HOST PORT"), bad.output)
+        XCTAssertTrue(bad.output.split(separator: "\n").contains { $0.hasPrefix("good ") && $0.contains("127.0.0.1:7001") }, "the good service is still listed: \(bad.output)")
+
+        // --connect logs in and opens each channel once.
+        try sshd.writeAuthorizedKeys(options: "restrict,port-forwarding,permitopen=\"127.0.0.1:\(echo.port)\"")
+        let other = TCP.freePort()
+        directory.write("services.d/bad", stanza("refused", port: 7003, via: sshd, target: other))
+        let connect = try runProgram(TunneldProcess.binary, ["--check", "--connect", "-f", directory.file("services.d")], environment: ["HOME": directory.path, "PATH": "/usr/bin:/bin"])
+        XCTAssertEqual(connect.status, 1, connect.output + connect.error)
+        XCTAssertTrue(connect.output.contains("good: channel to 127.0.0.1:\(echo.port) via"), connect.output)
+        XCTAssertTrue(connect.output.contains("error: refused: cannot reach 127.0.0.1:\(other) via \(sshd.user)@127.0.0.1:\(sshd.port): refused: administratively prohibited"), connect.output)
+    }
+}
