@@ -212,30 +212,40 @@ final class TunnelTests: XCTestCase {
 
     func test13_AStalledClientDoesNotSlowAnotherOnTheSameSession() throws {
         let (tunneld, port) = try startTunneld()
-        let size = 24 << 20
+        let size = 16 << 20
+        let bytes = randomBytes(size)
         func throughput() throws -> Double {
-            let bytes = randomBytes(size)
             let started = Date()
             XCTAssertTrue(try TCP.exchange(port: port, bytes, timeout: 60) == bytes)
             return Double(size) / Date().timeIntervalSince(started)
         }
         _ = try throughput()
-        let alone = try throughput()
-
-        // The stalled client sends as much as it can and never reads.
-        let stalled = try TCP.connect(port: port, timeout: 0.2)
-        defer { close(stalled) }
+        // Best of three each way, interleaved, so that a busy machine does not decide the ratio.
+        var alone: [Double] = []
+        var besideStalled: [Double] = []
         let chunk = [UInt8](repeating: 1, count: 64 * 1024)
-        let pushUntil = Date().addingTimeInterval(1)
-        while Date() < pushUntil {
-            if chunk.withUnsafeBytes({ send(stalled, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 { break }
+        var stalledClients: [Int32] = []
+        defer { stalledClients.forEach { close($0) } }
+        let started = Date()
+        for _ in 0..<3 {
+            alone.append(try throughput())
+            // A client that sends as much as it can and never reads.
+            let stalled = try TCP.connect(port: port, timeout: 0.2)
+            stalledClients.append(stalled)
+            let pushUntil = Date().addingTimeInterval(0.5)
+            while Date() < pushUntil {
+                if chunk.withUnsafeBytes({ send(stalled, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 { break }
+            }
+            besideStalled.append(try throughput())
         }
-        let besideStalled = try throughput()
-        Thread.sleep(forTimeInterval: max(0, 10 - Date().timeIntervalSince(pushUntil)))
+        // The stalled clients stay stalled for 10 s in all.
+        Thread.sleep(forTimeInterval: max(0, 10 - Date().timeIntervalSince(started)))
+        XCTAssertGreaterThan(try throughput(), 0, "the session still carries bytes after 10 s of stalled clients")
         let rss = tunneld.residentKiB
-        print("throughput alone \(Int(alone / 1e6)) MB/s, beside a stalled client \(Int(besideStalled / 1e6)) MB/s, tunneld RSS \(rss / 1024) MiB")
-        XCTAssertGreaterThan(besideStalled, alone * 0.8, "a stalled client costs the others less than 20%")
-        XCTAssertLessThan(rss, 100 * 1024, "memory stays bounded while a client stalls")
+        let best = (alone.max()!, besideStalled.max()!)
+        print("throughput alone \(Int(best.0 / 1e6)) MB/s, beside stalled clients \(Int(best.1 / 1e6)) MB/s, tunneld RSS \(rss / 1024) MiB")
+        XCTAssertGreaterThan(best.1, best.0 * 0.8, "stalled clients cost the others less than 20%")
+        XCTAssertLessThan(rss, 100 * 1024, "memory stays bounded while clients stall")
         XCTAssertEqual(sshd.acceptedLogins, 1)
     }
 }

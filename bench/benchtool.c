@@ -1,0 +1,315 @@
+/*
+ * benchtool: the target servers and load clients of tunneld's benchmark, in C so that the
+ * measuring side is never the bottleneck. Everything is on 127.0.0.1.
+ *
+ *   benchtool echo PORT                  echo server (sends back what it gets, half-closes after the client)
+ *   benchtool sink PORT                  reads until EOF, then replies with the byte count as text
+ *   benchtool source PORT                sends the number of bytes the client asks for ("N\n"), then closes
+ *   benchtool latency PORT N             N x (connect, 3 x 64-byte request/response, close): median/p90/p99 us
+ *   benchtool connrate PORT SECONDS C    C clients in a loop of connect + 1 round trip: connections/s
+ *   benchtool upload PORT BYTES C        C connections each send BYTES to a sink: MB/s total
+ *   benchtool download PORT BYTES C      C connections each fetch BYTES from a source: MB/s total
+ *   benchtool hold PORT N                opens N connections, one round trip each, holds them, prints successes
+ *   benchtool stall PORT SECONDS         one client that sends as fast as it can and never reads
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUFFER (256 * 1024)
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int dial(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { close(fd); return -1; }
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    struct timeval tv = {.tv_sec = 30};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static int send_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        p += w; n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int recv_exactly(int fd, char *p, size_t n) {
+    while (n > 0) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r; n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* ---- servers ---- */
+
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 4096)) { perror("bind"); exit(1); }
+    return fd;
+}
+
+static void *serve_echo(void *arg) {
+    int fd = (int)(intptr_t)arg, on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    char *buffer = malloc(BUFFER);
+    for (;;) {
+        ssize_t r = recv(fd, buffer, BUFFER, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        if (send_all(fd, buffer, (size_t)r)) break;
+    }
+    shutdown(fd, SHUT_WR);
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+static void *serve_sink(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char *buffer = malloc(BUFFER);
+    long long total = 0;
+    for (;;) {
+        ssize_t r = recv(fd, buffer, BUFFER, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        total += r;
+    }
+    char line[64];
+    int n = snprintf(line, sizeof line, "%lld\n", total);
+    send_all(fd, line, (size_t)n);
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+static void *serve_source(void *arg) {
+    int fd = (int)(intptr_t)arg;
+    char line[64] = {0};
+    size_t used = 0;
+    while (used < sizeof line - 1 && recv(fd, line + used, 1, 0) == 1 && line[used] != '\n') used++;
+    long long want = atoll(line);
+    char *buffer = malloc(BUFFER);
+    memset(buffer, 'x', BUFFER);
+    while (want > 0) {
+        size_t n = want < BUFFER ? (size_t)want : BUFFER;
+        if (send_all(fd, buffer, n)) break;
+        want -= (long long)n;
+    }
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+static _Noreturn void serve(int port, void *(*handler)(void *)) {
+    int listener = listen_on(port);
+    for (;;) {
+        int fd = accept(listener, NULL, NULL);
+        if (fd < 0) continue;
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        pthread_create(&thread, &attr, handler, (void *)(intptr_t)fd);
+        pthread_attr_destroy(&attr);
+    }
+}
+
+/* ---- clients ---- */
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int latency(int port, int count) {
+    double *samples = calloc((size_t)count, sizeof *samples);
+    char request[64], reply[64];
+    memset(request, 'q', sizeof request);
+    int ok = 0;
+    for (int i = 0; i < count; i++) {
+        double start = now();
+        int fd = dial(port);
+        if (fd < 0) continue;
+        int good = 1;
+        for (int j = 0; j < 3 && good; j++)
+            good = !send_all(fd, request, sizeof request) && !recv_exactly(fd, reply, sizeof reply);
+        close(fd);
+        if (good) samples[ok++] = (now() - start) * 1e6;
+    }
+    if (ok == 0) { printf("latency failed\n"); return 1; }
+    qsort(samples, (size_t)ok, sizeof *samples, compare);
+    printf("median_us=%.0f p90_us=%.0f p99_us=%.0f ok=%d of %d\n", samples[ok / 2], samples[ok * 9 / 10],
+           samples[ok * 99 / 100], ok, count);
+    return ok == count ? 0 : 1;
+}
+
+struct job { int port; long long bytes; double seconds; int ok; long long done; };
+
+static void *connrate_worker(void *arg) {
+    struct job *job = arg;
+    char request[64], reply[64];
+    memset(request, 'c', sizeof request);
+    double end = now() + job->seconds;
+    while (now() < end) {
+        int fd = dial(job->port);
+        if (fd < 0) continue;
+        if (!send_all(fd, request, sizeof request) && !recv_exactly(fd, reply, sizeof reply)) job->done++;
+        close(fd);
+    }
+    return NULL;
+}
+
+static void *upload_worker(void *arg) {
+    struct job *job = arg;
+    int fd = dial(job->port);
+    if (fd < 0) return NULL;
+    char *buffer = malloc(BUFFER);
+    memset(buffer, 'u', BUFFER);
+    long long left = job->bytes;
+    while (left > 0) {
+        size_t n = left < BUFFER ? (size_t)left : BUFFER;
+        if (send_all(fd, buffer, n)) break;
+        left -= (long long)n;
+    }
+    shutdown(fd, SHUT_WR);
+    char line[64] = {0};
+    ssize_t r = recv(fd, line, sizeof line - 1, MSG_WAITALL);
+    if (r > 0 && atoll(line) == job->bytes) job->ok = 1;
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+static void *download_worker(void *arg) {
+    struct job *job = arg;
+    int fd = dial(job->port);
+    if (fd < 0) return NULL;
+    char line[64];
+    int n = snprintf(line, sizeof line, "%lld\n", job->bytes);
+    send_all(fd, line, (size_t)n);
+    char *buffer = malloc(BUFFER);
+    long long got = 0;
+    for (;;) {
+        ssize_t r = recv(fd, buffer, BUFFER, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += r;
+    }
+    job->ok = got == job->bytes;
+    free(buffer);
+    close(fd);
+    return NULL;
+}
+
+static int run_workers(void *(*worker)(void *), int port, long long bytes, int count, double seconds, int report_rate) {
+    pthread_t threads[1024];
+    struct job jobs[1024];
+    if (count > 1024) count = 1024;
+    double start = now();
+    for (int i = 0; i < count; i++) {
+        jobs[i] = (struct job){.port = port, .bytes = bytes, .seconds = seconds};
+        pthread_create(&threads[i], NULL, worker, &jobs[i]);
+    }
+    long long done = 0;
+    int ok = 0;
+    for (int i = 0; i < count; i++) {
+        pthread_join(threads[i], NULL);
+        done += jobs[i].done;
+        ok += jobs[i].ok;
+    }
+    double elapsed = now() - start;
+    if (report_rate) {
+        printf("conn_per_s=%.0f\n", done / elapsed);
+        return done > 0 ? 0 : 1;
+    }
+    printf("mb_per_s=%.1f ok=%d of %d\n", (double)bytes * count / elapsed / 1e6, ok, count);
+    return ok == count ? 0 : 1;
+}
+
+static int hold(int port, int count) {
+    int *fds = calloc((size_t)count, sizeof *fds);
+    char request[16] = "hold-this-line\n", reply[16];
+    int ok = 0;
+    for (int i = 0; i < count; i++) {
+        fds[i] = dial(port);
+        if (fds[i] >= 0 && !send_all(fds[i], request, sizeof request)) ok++;
+    }
+    int answered = 0;
+    for (int i = 0; i < count; i++)
+        if (fds[i] >= 0 && !recv_exactly(fds[i], reply, sizeof reply) && !memcmp(request, reply, sizeof reply)) answered++;
+    printf("held=%d answered=%d of %d\n", ok, answered, count);
+    fflush(stdout);
+    /* Keep them open until told to go (stdin closes or a line arrives). */
+    char line[8];
+    if (fgets(line, sizeof line, stdin) == NULL) {}
+    for (int i = 0; i < count; i++) if (fds[i] >= 0) close(fds[i]);
+    return answered == count ? 0 : 1;
+}
+
+static int stall(int port, double seconds) {
+    int fd = dial(port);
+    if (fd < 0) return 1;
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 100000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    char *buffer = malloc(BUFFER);
+    memset(buffer, 's', BUFFER);
+    long long sent = 0;
+    double end = now() + seconds;
+    while (now() < end) {
+        ssize_t w = send(fd, buffer, BUFFER, MSG_NOSIGNAL);
+        if (w > 0) sent += w;
+    }
+    printf("stalled_after_kib=%lld\n", sent / 1024);
+    close(fd);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 3) { fprintf(stderr, "usage: see the comment at the top of benchtool.c\n"); return 2; }
+    const char *mode = argv[1];
+    int port = atoi(argv[2]);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!strcmp(mode, "echo")) serve(port, serve_echo);
+    if (!strcmp(mode, "sink")) serve(port, serve_sink);
+    if (!strcmp(mode, "source")) serve(port, serve_source);
+    if (!strcmp(mode, "latency") && argc > 3) return latency(port, atoi(argv[3]));
+    if (!strcmp(mode, "connrate") && argc > 4) return run_workers(connrate_worker, port, 0, atoi(argv[4]), atof(argv[3]), 1);
+    if (!strcmp(mode, "upload") && argc > 4) return run_workers(upload_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
+    if (!strcmp(mode, "download") && argc > 4) return run_workers(download_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
+    if (!strcmp(mode, "hold") && argc > 3) return hold(port, atoi(argv[3]));
+    if (!strcmp(mode, "stall") && argc > 3) return stall(port, atof(argv[3]));
+    fprintf(stderr, "benchtool: unknown mode %s\n", mode);
+    return 2;
+}
