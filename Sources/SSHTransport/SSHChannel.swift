@@ -33,6 +33,19 @@ public final class SSHChannel {
         return libssh2_channel_eof(raw) != 0 ? .endOfFile : .wouldBlock
     }
 
+    /// Whether libssh2 already holds data or an EOF for this channel, taken in while another
+    /// call read the session: polling the socket will not announce it.
+    public var hasBufferedInput: Bool {
+        var available: UInt = 0
+        _ = libssh2_channel_window_read_ex(raw, &available, nil)
+        return available > 0 || libssh2_channel_eof(raw) != 0
+    }
+
+    /// Whether the server's window has room, so a write would not be refused.
+    public var canWrite: Bool {
+        libssh2_channel_window_write_ex(raw, nil) > 0
+    }
+
     /// Sends up to one packet of `bytes`. Returns how many were taken, or `nil` while the
     /// server's window is closed.
     public func write(_ bytes: UnsafeRawBufferPointer) throws -> Int? {

@@ -113,8 +113,9 @@ final class SessionPump {
         for connection in connections {
             try pump(connection, revents: clientEvents[ObjectIdentifier(connection)] ?? 0)
         }
-        connections.removeAll { $0.channel == nil }
         closingChannels.removeAll { $0.free() }
+        try settle(now: now)
+        connections.removeAll { $0.channel == nil }
         if sessionEvents & Int16(POLLIN) != 0 && connections.isEmpty && opening == nil && !probeQueued {
             // The server spoke while no channel was there to read it: a probe takes it in.
             openQueue.append(.probe)
@@ -144,6 +145,31 @@ final class SessionPump {
             idleSince = nil
         }
         return nil
+    }
+
+    /// Every libssh2 call may read the session socket and keep what it read for others: data
+    /// and EOFs for channels pumped earlier in this pass, window room, the answer to the open
+    /// under way. The socket then no longer says so, so finish that work now, until a pass
+    /// finds none (bounded, so one busy channel cannot hold the loop).
+    private func settle(now: ContinuousClock.Instant) throws {
+        for _ in 0..<16 {
+            var moved = false
+            if opening != nil {
+                let before = connections.count
+                try progressOpen(now: now)
+                moved = connections.count != before || opening == nil
+            }
+            for connection in connections {
+                guard let channel = connection.channel else { continue }
+                let canRead = connection.toClient.isEmpty && !connection.serverEOF && channel.hasBufferedInput
+                let canWrite = !connection.toServer.isEmpty && channel.canWrite
+                if canRead || canWrite {
+                    try pump(connection, revents: 0)
+                    moved = true
+                }
+            }
+            if !moved { return }
+        }
     }
 
     /// Whether no channel can take what the server sends now: every client is behind, and

@@ -210,6 +210,28 @@ final class TunnelTests: XCTestCase {
         XCTAssertTrue(tunneld.waitForLog("keepalive", timeout: 2), tunneld.log)
     }
 
+    /// libssh2 reads the session socket inside any call and keeps what it read for other
+    /// channels; the loop must not then wait for the socket to say so (it did: a client right
+    /// after a burst of closes waited for a timer, about 10 s).
+    func test14_NoStallAfterABurstOfCloses() throws {
+        let (tunneld, port) = try startTunneld()
+        defer { withExtendedLifetime(tunneld) {} }
+        for _ in 0..<3 {
+            var held: [Int32] = []
+            for _ in 0..<100 {
+                let fd = try TCP.connect(port: port)
+                try TCP.sendAll(fd, [1, 2, 3])
+                held.append(fd)
+            }
+            for fd in held { XCTAssertEqual(try TCP.readAll(fd, limit: 3), [1, 2, 3]) }
+            held.forEach { close($0) }
+            let bytes = randomBytes(4 << 20)
+            let started = Date()
+            XCTAssertTrue(try TCP.exchange(port: port, bytes, timeout: 20) == bytes)
+            XCTAssertLessThan(Date().timeIntervalSince(started), 2.0, "no wait for a timer")
+        }
+    }
+
     func test13_AStalledClientDoesNotSlowAnotherOnTheSameSession() throws {
         let (tunneld, port) = try startTunneld()
         let size = 16 << 20

@@ -1,0 +1,329 @@
+"""Runs every contender and case of tunneld's benchmark and writes the results table.
+
+Called by bench/run.sh, which builds tunneld and the C tools first. Every server, client
+and tunnel is on 127.0.0.1; every process started here is stopped at the end.
+"""
+import argparse
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listens on port %d" % port)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.work = args.work
+        self.tool = os.path.join(args.tools, "benchtool")
+        self.processes = []
+        self.user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+
+    # ---- processes ----
+
+    def start(self, command, log=None, **kwargs):
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        process = subprocess.Popen(command, stdout=out, stderr=out, stdin=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self):
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def tool_run(self, *arguments, timeout=600):
+        result = subprocess.run([self.tool] + [str(a) for a in arguments], capture_output=True, text=True, timeout=timeout)
+        fields = dict(re.findall(r"(\w+)=([\d.]+)", result.stdout))
+        if result.returncode != 0:
+            fields["failed"] = result.stdout.strip() + result.stderr.strip()
+        return fields
+
+    # ---- setup ----
+
+    def setup(self):
+        w = self.work
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", w + "/host_key"], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", w + "/id_ed25519"], check=True)
+        with open(w + "/id_ed25519.pub") as f, open(w + "/authorized_keys", "w") as g:
+            g.write(f.read())
+        self.ssh_port = free_port()
+        with open(w + "/host_key.pub") as f:
+            kind, key = f.read().split()[:2]
+        with open(w + "/known_hosts", "w") as f:
+            f.write("[127.0.0.1]:%d %s %s\n" % (self.ssh_port, kind, key))
+        with open(w + "/sshd_config", "w") as f:
+            f.write("\n".join([
+                "ListenAddress 127.0.0.1:%d" % self.ssh_port, "HostKey %s/host_key" % w,
+                "AuthorizedKeysFile %s/authorized_keys" % w, "PidFile none", "StrictModes no", "UsePAM no",
+                "PermitRootLogin prohibit-password", "PasswordAuthentication no", "MaxStartups 2000",
+                "MaxSessions 2000", "LogLevel ERROR", ""]))
+        self.start(["/usr/sbin/sshd", "-D", "-f", w + "/sshd_config"], log=w + "/sshd.log")
+        self.echo, self.sink, self.source = free_port(), free_port(), free_port()
+        self.start([self.tool, "echo", str(self.echo)])
+        self.start([self.tool, "sink", str(self.sink)])
+        self.start([self.tool, "source", str(self.source)])
+        for port in (self.ssh_port, self.echo, self.sink, self.source):
+            wait_port(port)
+        self.ssh_options = ["-i", w + "/id_ed25519", "-o", "UserKnownHostsFile=%s/known_hosts" % w,
+                            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-p", str(self.ssh_port)]
+
+        # Contenders, each a dict target name -> local port.
+        self.contenders = {"direct": {"echo": self.echo, "sink": self.sink, "source": self.source}}
+        for name, extra in (("ssh -L", []), ("ssh -L aes128-ctr", ["-c", "aes128-ctr"])):
+            ports = {t: free_port() for t in ("echo", "sink", "source")}
+            forwards = sum((["-L", "%d:127.0.0.1:%d" % (ports[t], getattr(self, t))] for t in ports), [])
+            self.start(["ssh", "-N"] + extra + self.ssh_options + forwards + ["%s@127.0.0.1" % self.user])
+            for port in ports.values():
+                wait_port(port)
+            self.contenders[name] = ports
+        self.contenders["tunneld"] = self.start_tunneld("warm", linger=300)
+        self.contenders["tunneld cold"] = self.start_tunneld("cold", linger=0)
+        self.contenders["xinetd + ssh nc"] = self.start_xinetd("nc")
+        self.contenders["fresh ssh -W"] = self.start_xinetd("W")
+        pump = {}
+        for target in ("sink", "source"):
+            port = free_port()
+            self.start([os.path.join(self.args.tools, "libssh2_pump"), str(port), str(self.ssh_port), self.user,
+                        w + "/id_ed25519", "127.0.0.1", str(getattr(self, target))], log=w + "/pump.log")
+            wait_port(port)
+            pump[target] = port
+        self.contenders["libssh2 pump"] = pump
+
+    def stanza(self, name, port, target, extra=""):
+        w = self.work
+        return ("service %s\n{\n    port = %d\n    server = %s@127.0.0.1:%d\n    server_args = 127.0.0.1 %d\n"
+                "    identity = %s/id_ed25519\n    identity_agent = none\n    known_hosts = %s/known_hosts\n%s}\n"
+                % (name, port, self.user, self.ssh_port, target, w, w, extra))
+
+    def start_tunneld(self, label, linger):
+        directory = "%s/tunneld-%s" % (self.work, label)
+        os.makedirs(directory)
+        ports = {t: free_port() for t in ("echo", "sink", "source")}
+        with open(directory + "/services", "w") as f:
+            for target, port in ports.items():
+                f.write(self.stanza(target, port, getattr(self, target), "    linger = %d\n" % linger))
+        process = self.start([self.args.tunneld, "-f", directory + "/services"], log=directory + ".log",
+                             env=dict(os.environ, HOME=self.work))
+        self.wait_log(directory + ".log", "notice started")
+        ports["pid"] = process.pid
+        return ports
+
+    def wait_log(self, path, text, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if os.path.exists(path) and text in open(path).read():
+                return
+            time.sleep(0.05)
+        raise RuntimeError("%s never said %r" % (path, text))
+
+    def start_xinetd(self, kind):
+        port = free_port()
+        w = self.work
+        if kind == "nc":
+            args = self.ssh_options + ["%s@127.0.0.1" % self.user, "nc", "127.0.0.1", str(self.echo)]
+        else:
+            args = self.ssh_options + ["-W", "127.0.0.1:%d" % self.echo, "%s@127.0.0.1" % self.user]
+        config = "%s/xinetd-%s.conf" % (w, kind)
+        with open(config, "w") as f:
+            f.write("service bench-%s\n{\n    type = UNLISTED\n    socket_type = stream\n    protocol = tcp\n"
+                    "    wait = no\n    user = %s\n    bind = 127.0.0.1\n    port = %d\n    server = /usr/bin/ssh\n"
+                    "    server_args = %s\n    instances = UNLIMITED\n    cps = 10000 1\n}\n"
+                    % (kind, self.user, port, " ".join(args)))
+        self.start(["/usr/sbin/xinetd", "-dontfork", "-f", config, "-pidfile", "%s/xinetd-%s.pid" % (w, kind)],
+                   log="%s/xinetd-%s.log" % (w, kind))
+        wait_port(port)
+        return {"echo": port}
+
+    # ---- cases ----
+
+    def run(self):
+        results = []  # (case, contender, value, unit, better)
+        n = 40 if self.quick else 400
+        slow = 5 if self.quick else 40
+        for name, ports in self.contenders.items():
+            if "echo" not in ports:
+                continue
+            count = slow if name in ("xinetd + ssh nc", "fresh ssh -W", "tunneld cold") else n
+            r = self.tool_run("latency", ports["echo"], count)
+            self.check(name, "latency", r)
+            for q in ("median_us", "p90_us", "p99_us"):
+                results.append(("new connection + 3 round trips, %s" % q.split("_")[0], name, float(r.get(q, "nan")) / 1000, "ms", "low"))
+        seconds = 1 if self.quick else 3
+        for name in ("direct", "ssh -L", "tunneld"):
+            for clients in (1, 16):
+                r = self.tool_run("connrate", self.contenders[name]["echo"], seconds, clients)
+                self.check(name, "connrate", r)
+                results.append(("connections/s, %d at once" % clients, name, float(r.get("conn_per_s", "nan")), "conn/s", "high"))
+        size = (32 << 20) if self.quick else (512 << 20)
+        for name in ("direct", "libssh2 pump", "ssh -L", "ssh -L aes128-ctr", "tunneld"):
+            ports = self.contenders[name]
+            for direction, target, mode in (("up", "sink", "upload"), ("down", "source", "download")):
+                r = self.tool_run(mode, ports[target], size, 1)
+                self.check(name, mode, r)
+                results.append(("bulk %s, 1 connection" % direction, name, float(r.get("mb_per_s", "nan")), "MB/s", "high"))
+        for name in ("direct", "ssh -L", "ssh -L aes128-ctr", "tunneld"):
+            ports = self.contenders[name]
+            for direction, target, mode in (("up", "sink", "upload"), ("down", "source", "download")):
+                r = self.tool_run(mode, ports[target], size // 8, 8)
+                self.check(name, mode + " x8", r)
+                results.append(("bulk %s, 8 connections" % direction, name, float(r.get("mb_per_s", "nan")), "MB/s", "high"))
+        results += self.many_connections(100 if self.quick else 1000)
+        results += self.stalled_reader(size)
+        results += self.idle(3 if self.quick else 10)
+        return results
+
+    failures = []
+
+    def check(self, name, case, fields):
+        if "failed" in fields:
+            self.failures.append("%s, %s: %s" % (name, case, fields["failed"]))
+
+    def rss_kib(self, pid):
+        with open("/proc/%d/status" % pid) as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+    def many_connections(self, count):
+        ports = self.contenders["tunneld"]
+        holder = subprocess.Popen([self.tool, "hold", str(ports["echo"]), str(count)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        line = holder.stdout.readline()
+        rss = self.rss_kib(ports["pid"])
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        fields = dict(re.findall(r"(\w+)=(\d+)", line))
+        answered = int(fields.get("answered", 0))
+        if answered != count:
+            self.failures.append("tunneld, %d concurrent: %s" % (count, line.strip()))
+        return [("%d concurrent connections: answered" % count, "tunneld", answered, "conn", "high"),
+                ("%d concurrent connections: tunneld RSS" % count, "tunneld", rss / 1024, "MiB", "low")]
+
+    def stalled_reader(self, size):
+        ports = self.contenders["tunneld"]
+        alone = float(self.tool_run("download", ports["source"], size, 1).get("mb_per_s", "nan"))
+        staller = subprocess.Popen([self.tool, "stall", str(ports["echo"]), "30"], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+        beside = float(self.tool_run("download", ports["source"], size, 1).get("mb_per_s", "nan"))
+        rss = self.rss_kib(ports["pid"])
+        staller.terminate()
+        staller.wait()
+        return [("stalled reader: fast client alone", "tunneld", alone, "MB/s", "high"),
+                ("stalled reader: fast client beside it", "tunneld", beside, "MB/s", "high"),
+                ("stalled reader: ratio", "tunneld", beside / alone, "x", "high"),
+                ("stalled reader: tunneld RSS", "tunneld", rss / 1024, "MiB", "low")]
+
+    def idle(self, seconds):
+        directory = self.work + "/tunneld-idle"
+        os.makedirs(directory)
+        with open(directory + "/services", "w") as f:
+            for index in range(10):
+                f.write(self.stanza("idle%d" % index, free_port(), self.echo))
+        process = self.start([self.args.tunneld, "-f", directory + "/services"], log=directory + ".log",
+                             env=dict(os.environ, HOME=self.work))
+        self.wait_log(directory + ".log", "notice started")
+        time.sleep(0.5)
+
+        def switches():
+            total = 0
+            for task in os.listdir("/proc/%d/task" % process.pid):
+                with open("/proc/%d/task/%s/status" % (process.pid, task)) as f:
+                    total += sum(int(x) for x in re.findall(r"(?:non)?voluntary_ctxt_switches:\s+(\d+)", f.read()))
+            return total
+        before = switches()
+        time.sleep(seconds)
+        wakeups = switches() - before
+        return [("idle, 10 services: RSS", "tunneld", self.rss_kib(process.pid) / 1024, "MiB", "low"),
+                ("idle, 10 services: wake-ups over %d s" % seconds, "tunneld", wakeups, "", "low")]
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    libssh2 = subprocess.run(["pkg-config", "--modversion", "libssh2"], capture_output=True, text=True).stdout.strip()
+    return "%s, %d cores, Linux %s, %s, libssh2 %s" % (cpu, os.cpu_count(), platform.release(), ssh, libssh2)
+
+
+def table(results, quick):
+    lines = ["# tunneld benchmark%s" % (" (quick mode: small sizes, few iterations)" if quick else ""), "",
+             "Machine: %s  " % machine(), "Run: %s, all on 127.0.0.1, one run." % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "",
+             "Ratios are tunneld's figure over the contender's, so above 1 means tunneld is faster",
+             "(for times: the contender's over tunneld's).", "",
+             "| case | contender | value | tunneld | tunneld ratio |", "|---|---|---|---|---|"]
+    cases = []
+    for case, *_ in results:
+        if case not in cases:
+            cases.append(case)
+    for case in cases:
+        rows = [r for r in results if r[0] == case]
+        ours = next((r for r in rows if r[1] == "tunneld"), None)
+        for _, name, value, unit, better in rows:
+            if name == "tunneld" and len(rows) > 1:
+                continue
+            ratio = ""
+            if ours and name != "tunneld" and value and ours[2]:
+                ratio = "%.2f" % (ours[2] / value if better == "high" else value / ours[2])
+            fmt = (lambda v: "%.0f" % v) if unit in ("conn/s", "", "conn") else (lambda v: "%.2f" % v)
+            tunneld_value = fmt(ours[2]) + " " + ours[3] if ours and name != "tunneld" else ""
+            lines.append("| %s | %s | %s %s | %s | %s |" % (case, name, fmt(value), unit, tunneld_value, ratio))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tunneld", required=True)
+    parser.add_argument("--tools", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        bench.setup()
+        results = bench.run()
+    finally:
+        bench.stop_all()
+    text = table(results, args.quick)
+    print(text)
+    if not args.quick:
+        with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "w") as f:
+            f.write(text)
+    if bench.failures:
+        print("FAILED: " + "; ".join(bench.failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
