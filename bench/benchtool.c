@@ -5,7 +5,7 @@
  *   benchtool echo PORT                  echo server (sends back what it gets, half-closes after the client)
  *   benchtool sink PORT                  reads until EOF, then replies with the byte count as text
  *   benchtool source PORT                sends the number of bytes the client asks for ("N\n"), then closes
- *   benchtool latency PORT N             N x (connect, 3 x 64-byte request/response, close): median/p90/p99 us
+ *   benchtool latency PORT N [PAUSE_MS]  N x (connect, 3 x 64-byte request/response, close): median/p90/p99 us
  *   benchtool connrate PORT SECONDS C    C clients in a loop of connect + 1 round trip: connections/s
  *   benchtool upload PORT BYTES C        C connections each send BYTES to a sink: MB/s total
  *   benchtool download PORT BYTES C      C connections each fetch BYTES from a source: MB/s total
@@ -152,7 +152,7 @@ static int compare(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int latency(int port, int count) {
+static int latency(int port, int count, int pause_ms) {
     double *samples = calloc((size_t)count, sizeof *samples);
     char request[64], reply[64];
     memset(request, 'q', sizeof request);
@@ -166,6 +166,7 @@ static int latency(int port, int count) {
             good = !send_all(fd, request, sizeof request) && !recv_exactly(fd, reply, sizeof reply);
         close(fd);
         if (good) samples[ok++] = (now() - start) * 1e6;
+        if (pause_ms > 0) usleep((useconds_t)pause_ms * 1000);
     }
     if (ok == 0) { printf("latency failed\n"); return 1; }
     qsort(samples, (size_t)ok, sizeof *samples, compare);
@@ -304,7 +305,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "echo")) serve(port, serve_echo);
     if (!strcmp(mode, "sink")) serve(port, serve_sink);
     if (!strcmp(mode, "source")) serve(port, serve_source);
-    if (!strcmp(mode, "latency") && argc > 3) return latency(port, atoi(argv[3]));
+    if (!strcmp(mode, "latency") && argc > 3) return latency(port, atoi(argv[3]), argc > 4 ? atoi(argv[4]) : 0);
     if (!strcmp(mode, "connrate") && argc > 4) return run_workers(connrate_worker, port, 0, atoi(argv[4]), atof(argv[3]), 1);
     if (!strcmp(mode, "upload") && argc > 4) return run_workers(upload_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
     if (!strcmp(mode, "download") && argc > 4) return run_workers(download_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
