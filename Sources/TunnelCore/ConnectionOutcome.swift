@@ -58,7 +58,7 @@ extension Connection {
             "peer": "\(peer)",
             "target": "\(service.target)",
             "via": "\(service.user)@\(service.server)",
-            "duration": "\(String(format: "%.3f", seconds))",
+            "duration": "\(seconds.threeDecimals)",
             "bytes.up": "\(bytesUp)",
             "bytes.down": "\(bytesDown)",
             "result": "\(outcome)",

@@ -131,7 +131,7 @@ final class SessionLoop {
             }
             pool.recordSuccess(for: settings.key)
             var upMetadata = metadata
-            upMetadata["connect.seconds"] = "\(String(format: "%.3f", (ContinuousClock.now - started).seconds))"
+            upMetadata["connect.seconds"] = "\((ContinuousClock.now - started).seconds.threeDecimals)"
             logger.info("session up", metadata: upMetadata)
 
             let pump = SessionPump(session: session, settings: settings, wakeup: wakeup, logger: logger)

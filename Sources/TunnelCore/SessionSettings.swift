@@ -26,6 +26,15 @@ struct SessionSettings: Equatable {
     }
 }
 
+extension Double {
+    /// The value with three decimals (`0.012`), without Foundation's formatter.
+    var threeDecimals: String {
+        let thousandths = Int((self * 1000).rounded())
+        let fraction = String(abs(thousandths) % 1000)
+        return "\(thousandths < 0 ? "-" : "")\(abs(thousandths) / 1000).\(String(repeating: "0", count: 3 - fraction.count))\(fraction)"
+    }
+}
+
 extension Duration {
     /// The duration in seconds, as a `Double`.
     var seconds: Double {

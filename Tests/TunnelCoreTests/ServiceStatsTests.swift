@@ -41,3 +41,12 @@ final class ReloadIdentityTests: XCTestCase {
         XCTAssertFalse(Daemon.isSame(service(port: 7777, line: 3), service(port: 7778, line: 3)))
     }
 }
+
+final class FormattingTests: XCTestCase {
+    func testThreeDecimalsAsTheLogWritesDurations() {
+        XCTAssertEqual(0.0123.threeDecimals, "0.012")
+        XCTAssertEqual(1.5.threeDecimals, "1.500")
+        XCTAssertEqual(12.0006.threeDecimals, "12.001")
+        XCTAssertEqual(0.0.threeDecimals, "0.000")
+    }
+}
