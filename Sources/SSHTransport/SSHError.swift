@@ -16,9 +16,6 @@ public struct SSHError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { message }
-
-    /// Whether the failure is libssh2 asking to be called again later.
-    var isWouldBlock: Bool { code == LIBSSH2_ERROR_EAGAIN }
 }
 
 /// Makes sure `libssh2_init` has run once before any session is made.

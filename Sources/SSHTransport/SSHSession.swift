@@ -23,14 +23,12 @@ public final class SSHSession {
     public init(socket: Int32) throws {
         SSHLibrary.initialize()
         self.socket = socket
-        var created: OpaquePointer?
-        // The session reaches `self` through libssh2's abstract pointer, set below.
-        created = libssh2_session_init_ex(nil, nil, nil, nil)
-        guard let created else {
+        guard let created = libssh2_session_init_ex(nil, nil, nil, nil) else {
             Glibc.close(socket)
             throw SSHError(code: LIBSSH2_ERROR_ALLOC, message: "libssh2 could not allocate a session", function: "libssh2_session_init_ex")
         }
         raw = created
+        // The callbacks find `self` through libssh2's abstract pointer.
         libssh2_session_abstract(raw).pointee = Unmanaged.passUnretained(self).toOpaque()
         libssh2_session_callback_set(raw, LIBSSH2_CALLBACK_SEND, unsafeBitCast(sessionSend, to: UnsafeMutableRawPointer.self))
         libssh2_session_callback_set(raw, LIBSSH2_CALLBACK_RECV, unsafeBitCast(sessionReceive, to: UnsafeMutableRawPointer.self))
@@ -193,9 +191,6 @@ public final class SSHSession {
         let code = libssh2_userauth_publickey_fromfile_ex(raw, user, UInt32(user.utf8.count), nil, privateKeyFile, passphrase)
         return try check(code, "libssh2_userauth_publickey_fromfile_ex")
     }
-
-    /// Whether the server has accepted a login.
-    public var isAuthenticated: Bool { libssh2_userauth_authenticated(raw) != 0 }
 
     // MARK: Channels
 

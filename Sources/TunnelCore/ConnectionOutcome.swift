@@ -1,3 +1,5 @@
+import Foundation
+import Glibc
 import Logging
 import TunnelConfig
 
@@ -67,6 +69,3 @@ extension Connection {
         onFinish = nil
     }
 }
-
-import Foundation
-import Glibc

@@ -140,7 +140,7 @@ final class HardeningTests: XCTestCase {
         XCTAssertTrue(waitUntil(timeout: 20) { (try? TCP.exchange(port: port, Array("still".utf8), timeout: 5)) == Array("still".utf8) }, tunneld.log)
         let rss = tunneld.residentKiB
         print("pushed \(pushed >> 20) MiB at a mute target; tunneld RSS \(rss / 1024) MiB")
-        XCTAssertLessThan(rss, 100 * 1024)
+        if memoryBoundsApply { XCTAssertLessThan(rss, 100 * 1024) }
         XCTAssertTrue(tunneld.isRunning)
     }
 
@@ -195,7 +195,7 @@ final class HardeningTests: XCTestCase {
         XCTAssertTrue(waitUntil(timeout: 10) { openDescriptors(of: tunneld.pid) <= baselineFDs }, "descriptors return to baseline: \(openDescriptors(of: tunneld.pid)) vs \(baselineFDs)")
         let rss = tunneld.residentKiB
         print("soak: \(total) connections in \(String(format: "%.1f", seconds)) s, \(verifiedBytes) bytes verified each way; fds \(baselineFDs) -> \(openDescriptors(of: tunneld.pid)); RSS \(baselineRSS / 1024) -> \(rss / 1024) MiB")
-        XCTAssertLessThan(rss, baselineRSS + 32 * 1024, "RSS returns near its baseline")
+        if memoryBoundsApply { XCTAssertLessThan(rss, baselineRSS + 32 * 1024, "RSS returns near its baseline") }
         XCTAssertEqual(sshd.acceptedLogins, 1)
     }
 

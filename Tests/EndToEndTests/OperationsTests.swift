@@ -4,20 +4,7 @@ import XCTest
 
 /// Operating the daemon (issue 4): reload, drain, limits, access rules, status, systemd,
 /// stdio mode; all against a real sshd.
-final class OperationsTests: XCTestCase {
-    private var sshd: SSHServer!
-    private var echo: EchoServer!
-
-    override func setUpWithError() throws {
-        sshd = try SSHServer()
-        echo = try EchoServer()
-    }
-
-    override func tearDown() {
-        sshd = nil
-        echo = nil
-    }
-
+final class OperationsTests: SSHTestCase {
     /// A connection that stays open; `roundTrip` checks it still carries bytes.
     private final class HeldConnection {
         let fd: Int32

@@ -3,20 +3,7 @@ import Glibc
 import XCTest
 
 /// The tunnel against a real OpenSSH sshd and real TCP servers on 127.0.0.1 (issue 3).
-final class TunnelTests: XCTestCase {
-    private var sshd: SSHServer!
-    private var echo: EchoServer!
-
-    override func setUpWithError() throws {
-        sshd = try SSHServer()
-        echo = try EchoServer()
-    }
-
-    override func tearDown() {
-        sshd = nil
-        echo = nil
-    }
-
+final class TunnelTests: SSHTestCase {
     private func startTunneld(_ extra: String = "", target: UInt16? = nil) throws -> (TunneldProcess, UInt16) {
         let port = TCP.freePort()
         let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: target ?? echo.port, extra: extra)])
@@ -267,7 +254,7 @@ final class TunnelTests: XCTestCase {
         let best = (alone.max()!, besideStalled.max()!)
         print("throughput alone \(Int(best.0 / 1e6)) MB/s, beside stalled clients \(Int(best.1 / 1e6)) MB/s, tunneld RSS \(rss / 1024) MiB")
         XCTAssertGreaterThan(best.1, best.0 * 0.8, "stalled clients cost the others less than 20%")
-        XCTAssertLessThan(rss, 100 * 1024, "memory stays bounded while clients stall")
+        if memoryBoundsApply { XCTAssertLessThan(rss, 100 * 1024, "memory stays bounded while clients stall") }
         XCTAssertEqual(sshd.acceptedLogins, 1)
     }
 }

@@ -59,3 +59,9 @@ func processResidentKiB(of pid: Int32) -> Int? {
 func openDescriptors(of pid: Int32) -> Int {
     (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
 }
+
+/// Whether memory bounds mean anything in this run: under a sanitizer (set by
+/// `.ci/sanitizers`) shadow memory and quarantine make RSS figures meaningless.
+var memoryBoundsApply: Bool {
+    ProcessInfo.processInfo.environment["TUNNELD_SANITIZER"] == nil
+}
