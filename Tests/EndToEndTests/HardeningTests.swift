@@ -102,6 +102,39 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(failures.count, 3, failures.joined(separator: "\n"))
     }
 
+    func testAServerThatDropsTheSessionRightAfterAuthentication() throws {
+        let sshd = try SSHServer()
+        let echo = try EchoServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["s": stanza("s", port: port, via: sshd, target: echo.port)])
+        // Kill every session process as soon as sshd says it accepted the login.
+        let killer = Thread {
+            var killed = 0
+            let until = Date().addingTimeInterval(8)
+            while Date() < until && killed < 2 {
+                if sshd.acceptedLogins > killed {
+                    sshd.killSessions()
+                    killed = sshd.acceptedLogins
+                }
+                usleep(200)
+            }
+        }
+        killer.start()
+        let fd = try TCP.connect(port: port, timeout: 10)
+        let started = Date()
+        try? TCP.sendAll(fd, Array("hello".utf8))
+        let reply = (try? TCP.readAll(fd)) ?? []
+        close(fd)
+        let seconds = Date().timeIntervalSince(started)
+        print("server dropping the session after auth: client closed after \(String(format: "%.2f", seconds)) s, reply \(reply.count) bytes")
+        XCTAssertLessThan(seconds, 3, "closed promptly, not hung")
+        XCTAssertTrue(reply.isEmpty || reply == Array("hello".utf8), "nothing but what the target sent")
+        while !killer.isFinished { usleep(10_000) }
+        XCTAssertTrue(tunneld.isRunning)
+        // Once the server behaves, the next client works.
+        XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.exchange(port: port, Array("later".utf8), timeout: 5)) == Array("later".utf8) }, tunneld.log)
+    }
+
     func testATargetThatNeverAnswersAndClientsThatResetDoNotHurtOthers() throws {
         let sshd = try SSHServer()
         let echo = try EchoServer()

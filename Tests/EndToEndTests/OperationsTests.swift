@@ -158,6 +158,33 @@ final class OperationsTests: SSHTestCase {
         XCTAssertEqual(tunneld.log.components(separatedBy: "out of file descriptors").count - 1, 1, "logged once")
     }
 
+    func testRunAsDropsRootAfterBinding() throws {
+        try XCTSkipIf(geteuid() != 0, "only root can switch accounts")
+        guard let nobody = getpwnam("nobody") else { throw XCTSkip("no account named nobody") }
+        let (uid, gid) = (nobody.pointee.pw_uid, nobody.pointee.pw_gid)
+        // Keys must be readable by the account tunneld becomes.
+        let keys = ScratchDirectory("runas")
+        let key = keys.file("id_ed25519")
+        try FileManager.default.copyItem(atPath: sshd.userKey, toPath: key)
+        chown(key, uid, gid)
+        chmod(key, 0o600)
+        let controlDirectory = keys.file("control")
+        try FileManager.default.createDirectory(atPath: controlDirectory, withIntermediateDirectories: true)
+        chown(controlDirectory, uid, gid)
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "defaults": "defaults { run_as = nobody control_socket = \(controlDirectory)/control.sock }\n",
+            "a": stanza("a", port: port, via: sshd, target: echo.port).replacingOccurrences(of: sshd.userKey, with: key),
+        ])
+        XCTAssertTrue(tunneld.log.contains("switched to run_as account"), tunneld.log)
+        let status = try String(contentsOfFile: "/proc/\(tunneld.pid)/status", encoding: .utf8)
+        let uidLine = status.split(separator: "\n").first { $0.hasPrefix("Uid:") } ?? ""
+        XCTAssertEqual(uidLine.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().map(String.init), Array(repeating: "\(uid)", count: 4), "real, effective, saved and filesystem uid are all nobody's")
+        XCTAssertEqual(try TCP.exchange(port: port, Array("unprivileged".utf8)), Array("unprivileged".utf8), tunneld.log)
+        let answer = try runProgram(TunneldProcess.binary, ["status", "--socket", controlDirectory + "/control.sock"])
+        XCTAssertEqual(answer.status, 0, answer.error)
+    }
+
     func testStatusReportsStatesAndCounters() throws {
         let port = TCP.freePort()
         let refusedPort = TCP.freePort()
