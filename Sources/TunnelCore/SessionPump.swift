@@ -229,7 +229,7 @@ final class SessionPump {
     /// nothing at all meanwhile, the session is dead; otherwise only this client is given up,
     /// and the answer, when it comes, is thrown away.
     private func checkOpenDeadline(now: ContinuousClock.Instant) throws {
-        guard let current = opening, !current.abandoned, (now - current.startedAt).seconds > current.timeout else { return }
+        guard let current = opening, !current.abandoned, let deadline = openDeadline, now > deadline else { return }
         if session.lastReceived < current.startedAt {
             if case .probe = current.open {
                 let silence = Int((now - session.lastReceived).seconds)
@@ -241,6 +241,23 @@ final class SessionPump {
         if case .client(let connection) = current.open {
             connection.finish(.sshFailed("the server did not answer the channel open within \(Self.format(current.timeout)) s"), logger: logger)
         }
+    }
+
+    /// When the open under way is given up. A keepalive probe normally waits interval x count,
+    /// but not while a client waits behind it: after a laptop sleeps, the first client must
+    /// not wait out a dead session's keepalive, so the probe then gets the short bound of an
+    /// open on an idle session, counted from when the client came.
+    private var openDeadline: ContinuousClock.Instant? {
+        guard let current = opening, !current.abandoned else { return nil }
+        var deadline = current.startedAt + Duration(seconds: current.timeout)
+        if case .probe = current.open, let waiting = openQueue.lazy.compactMap({ open -> Connection? in
+            if case .client(let connection) = open { return connection }
+            return nil
+        }).first {
+            let since = max(current.startedAt, waiting.acceptedAt)
+            deadline = min(deadline, since + Duration(seconds: settings.openTimeout(sessionWasIdle: true)))
+        }
+        return deadline
     }
 
     // MARK: Copying
@@ -392,8 +409,8 @@ final class SessionPump {
     private func nextTimeout() -> Int32 {
         let now = ContinuousClock.now
         var deadline = session.lastReceived + Duration(seconds: probeQueued ? settings.silenceLimit : settings.keepalive.interval)
-        if let current = opening, !current.abandoned {
-            deadline = min(deadline, current.startedAt + Duration(seconds: current.timeout))
+        if let openDeadline {
+            deadline = min(deadline, openDeadline)
         }
         if let idleSince, !settings.isPersistent {
             deadline = min(deadline, idleSince + Duration(seconds: settings.linger))

@@ -197,6 +197,23 @@ final class TunnelTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("keepalive", timeout: 2), tunneld.log)
     }
 
+    /// A laptop that slept: the session went dead while idle, with a keepalive probe still
+    /// unanswered. The next client must not wait out the keepalive (100 s here): the open is
+    /// bounded at a few seconds, then it is carried on a fresh session.
+    func test15_AClientAfterTheServerWentAwayWhileIdleIsServedOnAFreshSession() throws {
+        let (tunneld, port) = try startTunneld("    keepalive       = 1 100")
+        XCTAssertEqual(try TCP.exchange(port: port, Array("before".utf8)), Array("before".utf8))
+        sshd.signalSessions(SIGSTOP)
+        defer { sshd.signalSessions(SIGCONT) }
+        Thread.sleep(forTimeInterval: 2)
+        let started = Date()
+        XCTAssertEqual(try TCP.exchange(port: port, Array("after".utf8), timeout: 15), Array("after".utf8), tunneld.log)
+        let seconds = Date().timeIntervalSince(started)
+        print("client after a frozen idle session served in \(String(format: "%.2f", seconds)) s")
+        XCTAssertLessThan(seconds, 5, "bounded at a few seconds, not the keepalive's 100")
+        XCTAssertEqual(sshd.acceptedLogins, 2, "carried on a fresh session")
+    }
+
     /// libssh2 reads the session socket inside any call and keeps what it read for other
     /// channels; the loop must not then wait for the socket to say so (it did: a client right
     /// after a burst of closes waited for a timer, about 10 s).
