@@ -127,22 +127,23 @@ enum Socket {
 
     private static func socketAddress(host: String, port: UInt16) throws -> sockaddr_storage {
         var storage = sockaddr_storage()
+        func store<Address>(_ address: Address) {
+            withUnsafeMutableBytes(of: &storage) { target in
+                withUnsafeBytes(of: address) { target.copyMemory(from: $0) }
+            }
+        }
         if host.contains(":") {
             var address = sockaddr_in6()
             address.sin6_family = sa_family_t(AF_INET6)
             address.sin6_port = port.bigEndian
             guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else { throw SocketError("inet_pton", code: EINVAL) }
-            withUnsafeMutableBytes(of: &storage) { target in
-                withUnsafeBytes(of: &address) { target.copyMemory(from: $0) }
-            }
+            store(address)
         } else {
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = port.bigEndian
             guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else { throw SocketError("inet_pton", code: EINVAL) }
-            withUnsafeMutableBytes(of: &storage) { target in
-                withUnsafeBytes(of: &address) { target.copyMemory(from: $0) }
-            }
+            store(address)
         }
         return storage
     }
