@@ -134,7 +134,8 @@ final class SessionPump {
             try progressOpen(now: now)
         }
 
-        if connections.isEmpty && opening == nil && openQueue.isEmpty {
+        // Idle means no client: keepalive probes keep the session alive, not in use.
+        if connections.isEmpty && !hasClientOpens {
             if case .whenIdle = stopping { return .stopped }
             let since = idleSince ?? now
             idleSince = since
@@ -169,6 +170,15 @@ final class SessionPump {
                 }
             }
             if !moved { return }
+        }
+    }
+
+    /// Whether a client's channel open is under way or queued (probes do not count).
+    private var hasClientOpens: Bool {
+        if let current = opening, !current.abandoned, case .client = current.open { return true }
+        return openQueue.contains { open in
+            if case .client = open { return true }
+            return false
         }
     }
 

@@ -68,6 +68,16 @@ final class TunnelTests: SSHTestCase {
         XCTAssertEqual(sshd.acceptedLogins, 2)
     }
 
+    func test03b_KeepaliveProbesDoNotKeepAnIdleSessionFromLingeringOut() throws {
+        let (tunneld, port) = try startTunneld("    linger          = 2.5\n    keepalive       = 1 3")
+        XCTAssertEqual(try TCP.exchange(port: port, Array("hi".utf8)), Array("hi".utf8))
+        let closedAt = Date()
+        XCTAssertTrue(tunneld.waitForLog("session down", timeout: 6), tunneld.log)
+        let seconds = Date().timeIntervalSince(closedAt)
+        XCTAssertGreaterThan(seconds, 2.3)
+        XCTAssertLessThan(seconds, 4, "probes every second do not restart the linger time")
+    }
+
     func test04_LingerZeroGivesASessionPerConnection() throws {
         let (tunneld, port) = try startTunneld("    linger          = 0")
         defer { withExtendedLifetime(tunneld) {} }
