@@ -236,10 +236,11 @@ final class SessionPump {
     }
 
     /// Gives up on a channel open the server has not answered in time. If the server said
-    /// nothing at all meanwhile, the session is dead; otherwise only this client is given up,
-    /// and the answer, when it comes, is thrown away.
+    /// nothing at all meanwhile, the session is dead. Otherwise only this client is given up;
+    /// the open stays under way (libssh2 cannot cancel it) and is timed again, so that a
+    /// server that goes quiet later is still found dead.
     private func checkOpenDeadline(now: ContinuousClock.Instant) throws {
-        guard let current = opening, !current.abandoned, let deadline = openDeadline, now > deadline else { return }
+        guard let current = opening, let deadline = openDeadline, now > deadline else { return }
         if session.lastReceived < current.startedAt {
             if case .probe = current.open {
                 let silence = Int((now - session.lastReceived).seconds)
@@ -247,10 +248,10 @@ final class SessionPump {
             }
             throw SSHError(code: -9, message: "the server did not answer a channel open within \(Self.format(current.timeout)) s", function: "libssh2_channel_open_ex")
         }
-        opening?.abandoned = true
-        if case .client(let connection) = current.open {
+        if !current.abandoned, case .client(let connection) = current.open {
             connection.finish(.sshFailed("the server did not answer the channel open within \(Self.format(current.timeout)) s"), logger: logger)
         }
+        opening = (current.open, now, current.timeout, true)
     }
 
     /// When the open under way is given up. A keepalive probe normally waits interval x count,
@@ -258,7 +259,7 @@ final class SessionPump {
     /// not wait out a dead session's keepalive, so the probe then gets the short bound of an
     /// open on an idle session, counted from when the client came.
     private var openDeadline: ContinuousClock.Instant? {
-        guard let current = opening, !current.abandoned else { return nil }
+        guard let current = opening else { return nil }
         var deadline = current.startedAt + Duration(seconds: current.timeout)
         if case .probe = current.open, let waiting = openQueue.lazy.compactMap({ open -> Connection? in
             if case .client(let connection) = open { return connection }

@@ -32,6 +32,10 @@ final class TunneldProcess {
         configPath = directory.file("services.d")
         try FileManager.default.createDirectory(atPath: configPath, withIntermediateDirectories: true)
         for (name, text) in stanzas { directory.write("services.d/\(name)", text) }
+        if !stanzas.values.contains(where: { $0.contains("control_socket") }) {
+            // Each test's daemon gets its own control socket, not the shared default under /run.
+            directory.write("services.d/00-control", "defaults { control_socket = \(directory.file("control.sock")) }\n")
+        }
         logFile = directory.file("tunneld.log")
         FileManager.default.createFile(atPath: logFile, contents: nil)
 
