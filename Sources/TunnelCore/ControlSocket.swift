@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import Logging
 
 /// The daemon's Unix control socket (mode 0600): a client sends one line, `status` or
 /// `status json`, and reads the answer until the daemon closes the connection.
@@ -8,7 +7,6 @@ final class ControlSocket {
     let path: String
     private let fd: Int32
     private let respond: (String) -> String
-    private let logger: Logger
 
     /// Where the socket lives when the configuration does not say: /run/tunneld as root,
     /// else $XDG_RUNTIME_DIR, else /tmp.
@@ -19,10 +17,9 @@ final class ControlSocket {
     }
 
     /// Binds `path`, replacing a stale socket file but not a live daemon's.
-    init(path: String, logger: Logger, respond: @escaping (String) -> String) throws {
+    init(path: String, respond: @escaping (String) -> String) throws {
         self.path = path
         self.respond = respond
-        self.logger = logger
         let directory = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         if FileManager.default.fileExists(atPath: path) {

@@ -41,11 +41,11 @@ public final class Daemon {
         guard !endpoints.isEmpty else {
             throw DaemonError(description: "no service could listen; see the errors above")
         }
+        let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
         if let account = configuration.globals.runAs {
             do {
                 let (uid, gid) = try Privileges.ids(of: account)
                 // The control socket directory must stay usable after the switch.
-                let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
                 let directory = (controlPath as NSString).deletingLastPathComponent
                 try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
                 if directory.hasPrefix("/run/tunneld") { chown(directory, uid, gid) }
@@ -64,9 +64,8 @@ public final class Daemon {
         listener.start()
         let startedAt = Date()
         var control: ControlSocket?
-        let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
         do {
-            control = try ControlSocket(path: controlPath, logger: logger) { request in
+            control = try ControlSocket(path: controlPath) { request in
                 let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
                 switch request {
                 case "status": return report.table()
