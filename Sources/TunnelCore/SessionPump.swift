@@ -204,7 +204,9 @@ final class SessionPump {
                 } else {
                     timeout = settings.openTimeout(sessionWasIdle: (now - session.lastReceived).seconds > settings.keepalive.interval)
                 }
-                opening = (next, now, timeout, false)
+                // Started now, not at the start of the pass: bytes taken in earlier in this pass
+                // must not count as an answer to this open.
+                opening = (next, .now, timeout, false)
             }
             guard let current = opening else { return }
             switch current.open {
@@ -251,7 +253,7 @@ final class SessionPump {
         if !current.abandoned, case .client(let connection) = current.open {
             connection.finish(.sshFailed("the server did not answer the channel open within \(Self.format(current.timeout)) s"), logger: logger)
         }
-        opening = (current.open, now, current.timeout, true)
+        opening = (current.open, .now, current.timeout, true)
     }
 
     /// When the open under way is given up. A keepalive probe normally waits interval x count,
