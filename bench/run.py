@@ -381,8 +381,14 @@ def main():
     if not args.quick:
         with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "w") as f:
             f.write(text)
-    if bench.failures:
-        print("FAILED: " + "; ".join(bench.failures))
+    # A contender other than tunneld failing says something about this machine, not about
+    # tunneld: report it, but only tunneld's own failures fail the run.
+    others = [f for f in bench.failures if not f.startswith("tunneld")]
+    ours = [f for f in bench.failures if f.startswith("tunneld")]
+    if others:
+        print("WARNING, other contenders failed: " + "; ".join(others))
+    if ours:
+        print("FAILED: " + "; ".join(ours))
         return 1
     return 0
 
