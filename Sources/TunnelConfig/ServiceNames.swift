@@ -134,6 +134,12 @@ enum ValueParser {
         }
         let bits = bytes.count * 8
         var prefix = bits
+        if parts.count == 1 && bytes.count == 4 {
+            // xinetd reads trailing zero octets as a network: 10.1.0.0 is 10.1.0.0/16, 0.0.0.0 everyone.
+            var octets = 4
+            while octets > 0 && bytes[octets - 1] == 0 { octets -= 1 }
+            prefix = octets * 8
+        }
         if parts.count == 2 {
             guard let value = Int(parts[1]), (0...bits).contains(value) else {
                 return .failure("'\(text)' has a bad prefix length; use 0–\(bits)")

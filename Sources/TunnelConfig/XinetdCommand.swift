@@ -48,8 +48,12 @@ struct XinetdCommand: Equatable {
                     port = number
                 case "user": user = parts[1]
                 case "identityfile": identities.append(parts[1])
+                case "proxyjump", "proxycommand":
+                    return "ssh -o \(parts[0])=… goes through another host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services"
                 default: ignored.append("-o \(value)")
                 }
+            case "J":
+                return "ssh -J \(value) goes through a jump host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services"
             default:
                 ignored.append("-\(name) \(value)")
             }

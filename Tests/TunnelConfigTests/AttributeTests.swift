@@ -119,6 +119,11 @@ final class AttributeTests: XCTestCase {
             .hostname("kiosk.example.org"),
         ])
         XCTAssertEqual(service.noAccess, [.network(address: [10, 1, 0, 0], prefixLength: 16)])
+        XCTAssertEqual(self.service("only_from = 10.1.0.0 0.0.0.0 192.0.2.10").0?.onlyFrom, [
+            .network(address: [10, 1, 0, 0], prefixLength: 16),
+            .network(address: [0, 0, 0, 0], prefixLength: 0),
+            .network(address: [192, 0, 2, 10], prefixLength: 32),
+        ], "trailing zero octets make a network, as in xinetd")
         XCTAssertEqual(self.service("only_from = 10.0.0.0/33").1.first, "ROOT/conf:6: error: s: only_from: '10.0.0.0/33' has a bad prefix length; use 0–32")
         XCTAssertEqual(self.service("no_access = bad!host").1.first, "ROOT/conf:6: error: s: no_access: 'bad!host' is not an address, a CIDR block or a host name")
     }

@@ -75,6 +75,11 @@ final class XinetdTests: XCTestCase {
         XCTAssertEqual(load(body + "flags = SENSOR").1.first, "ROOT/conf:6: warning: old: flag SENSOR has no meaning for tunneld; ignored")
     }
 
+    func testJumpHostsAreRefusedBecauseIgnoringThemWouldChangeTheRoute() {
+        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -J bastion inner nc localhost 25").1.first, "ROOT/conf:5: error: old: ssh -J bastion goes through a jump host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services")
+        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -o ProxyJump=bastion inner nc localhost 25").1.first, "ROOT/conf:5: error: old: ssh -o ProxyJump=… goes through another host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services")
+    }
+
     func testCommandsOtherThanNetcatAreRefused() {
         XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = host /bin/sh -c 'cat'").1.first, "ROOT/conf:5: error: old: server_args must run netcat on the server (… host nc HOST PORT) or use -W HOST:PORT; tunneld cannot carry other commands")
         XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh").1.first, "ROOT/conf:1: error: old: server = /usr/bin/ssh needs server_args = [options] [user@]host nc HOST PORT")
