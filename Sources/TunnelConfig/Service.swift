@@ -31,6 +31,8 @@ public struct Service: Sendable, Equatable {
     public var linger: Double
     /// Whether the session is kept up at all times.
     public var isPersistent: Bool
+    /// How many SSH sessions to the server may carry this service's connections at once.
+    public var sessions: Int
     /// SSH-level liveness checking.
     public var keepalive: Keepalive
     /// Seconds allowed for TCP connect, handshake, host-key check and authentication.
@@ -55,7 +57,7 @@ public struct Service: Sendable, Equatable {
         user: String, target: Endpoint, identities: [String] = [],
         identityPassphraseFile: String? = nil, identityAgent: String? = nil,
         knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
-        fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false,
+        fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4,
         keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10,
         instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil,
         onlyFrom: [AddressMatch] = [], noAccess: [AddressMatch] = [],
@@ -75,6 +77,7 @@ public struct Service: Sendable, Equatable {
         self.fingerprint = fingerprint
         self.linger = linger
         self.isPersistent = isPersistent
+        self.sessions = sessions
         self.keepalive = keepalive
         self.connectTimeout = connectTimeout
         self.instances = instances

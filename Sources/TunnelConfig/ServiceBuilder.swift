@@ -104,6 +104,7 @@ struct ServiceBuilder {
         // Session life.
         let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
+        let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
         let keepalive = resolveKeepalive()
         let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false) } ?? 10
 
@@ -125,7 +126,7 @@ struct ServiceBuilder {
             server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
             identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
-            isPersistent: persistent, keepalive: keepalive, connectTimeout: connectTimeout,
+            isPersistent: persistent, sessions: sessions, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
             logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
         if isDisabled { return .disabled }

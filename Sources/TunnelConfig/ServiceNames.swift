@@ -59,6 +59,14 @@ enum ValueParser {
         return .success(value)
     }
 
+    /// How many sessions a server may have at once: 1 to 64.
+    static func sessionCount(_ text: String) -> Result<Int, Message> {
+        guard let value = Int(text), (1...64).contains(value) else {
+            return .failure("'\(text)' is not a session count; use 1 to 64")
+        }
+        return .success(value)
+    }
+
     /// `yes` or `no` (also `true`/`false`, `on`/`off`, `1`/`0`).
     static func flag(_ text: String) -> Result<Bool, Message> {
         switch text.lowercased() {

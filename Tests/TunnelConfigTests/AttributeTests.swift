@@ -27,6 +27,7 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(service.identityAgent, "/run/agent.sock")
         XCTAssertEqual(service.hostKeyPolicy, .strict)
         XCTAssertEqual(service.linger, 30)
+        XCTAssertEqual(service.sessions, 4)
         XCTAssertFalse(service.isPersistent)
         XCTAssertEqual(service.keepalive, Keepalive(interval: 15, count: 3))
         XCTAssertEqual(service.connectTimeout, 10)
@@ -105,6 +106,8 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(service("instances = -1").1.first, "ROOT/conf:6: error: s: instances: '-1' is not a positive number or UNLIMITED")
         XCTAssertEqual(service("cps = 50").1.first, "ROOT/conf:6: error: s: cps '50' is not RATE SECONDS, e.g. cps = 50 10")
         XCTAssertEqual(service("persistent = maybe").1.first, "ROOT/conf:6: error: s: persistent: 'maybe' is not yes or no")
+        XCTAssertEqual(service("sessions = 0").1.first, "ROOT/conf:6: error: s: sessions: '0' is not a session count; use 1 to 64")
+        XCTAssertEqual(service("sessions = 2").0?.sessions, 2)
         XCTAssertEqual(service("linger = 1 2").1.first, "ROOT/conf:6: error: s: linger takes one value, not 2: 1 2")
         XCTAssertEqual(service("host_key = loose").1.first, "ROOT/conf:6: error: s: host_key 'loose' is not strict or accept-new")
     }
