@@ -18,7 +18,8 @@ final class SSHServer {
     private var keyOptions: String
 
     /// - `keyOptions`: `authorized_keys` options for the user key, e.g. `restrict,port-forwarding,permitopen="…"`.
-    init(keyOptions: String = "") throws {
+    /// - `extraConfig`: more sshd_config lines, e.g. `RekeyLimit 1M`.
+    init(keyOptions: String = "", extraConfig: String = "") throws {
         directory = ScratchDirectory("sshd")
         port = TCP.freePort()
         user = String(cString: getpwuid(geteuid()).pointee.pw_name)
@@ -44,6 +45,7 @@ final class SSHServer {
             MaxStartups 1000
             MaxSessions 1000
             LogLevel VERBOSE
+            \(extraConfig)
             """)
         try start()
     }

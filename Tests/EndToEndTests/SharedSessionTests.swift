@@ -1,0 +1,252 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Many clients share sessions to one server safely (issue 10): a target that never answers,
+/// sessions killed under live clients, a server that speaks first, a re-key under load.
+final class SharedSessionTests: SSHTestCase {
+    /// A conversation on `port` that sends a line every 50 ms and checks it comes back,
+    /// until told to stop; records the slowest round trip and the first failure.
+    private final class Conversation: @unchecked Sendable {
+        private let lock = NSLock()
+        private var stopped = false
+        private(set) var slowest = 0.0
+        private(set) var rounds = 0
+        private(set) var failure: String?
+        private let done = DispatchSemaphore(value: 0)
+
+        init(port: UInt16) {
+            Thread { [self] in
+                defer { done.signal() }
+                do {
+                    let fd = try TCP.connect(port: port, timeout: 5)
+                    defer { close(fd) }
+                    var buffer = [UInt8](repeating: 0, count: 256)
+                    while !isStopped {
+                        let line = Array("round \(rounds)\n".utf8)
+                        let started = Date()
+                        try TCP.sendAll(fd, line)
+                        var received = 0
+                        while received < line.count {
+                            let count = recv(fd, &buffer, buffer.count, 0)
+                            guard count > 0 else { throw TCP.Failure(description: "round \(rounds): connection closed (\(count), \(String(cString: strerror(errno))))") }
+                            received += count
+                        }
+                        record(Date().timeIntervalSince(started))
+                        usleep(50_000)
+                    }
+                } catch {
+                    fail("\(error)")
+                }
+            }.start()
+        }
+
+        private var isStopped: Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            return stopped || failure != nil
+        }
+
+        private func record(_ seconds: Double) {
+            lock.lock()
+            slowest = max(slowest, seconds)
+            rounds += 1
+            lock.unlock()
+        }
+
+        private func fail(_ message: String) {
+            lock.lock()
+            failure = message
+            lock.unlock()
+        }
+
+        func stop() {
+            lock.lock()
+            stopped = true
+            lock.unlock()
+            done.wait()
+        }
+    }
+
+    func test01_ABlackHoledTargetHarmsNoOtherClientOnTheSameServer() throws {
+        let hole = try BlackHole()
+        let goodPort = TCP.freePort()
+        let holePort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "good": stanza("good", port: goodPort, via: sshd, target: echo.port, extra: "    connect_timeout = 3"),
+            "hole": stanza("hole", port: holePort, via: sshd, target: hole.port, extra: "    connect_timeout = 3"),
+        ])
+        let conversation = Conversation(port: goodPort)
+        XCTAssertTrue(waitUntil(timeout: 5) { conversation.rounds > 3 }, "the conversation starts: \(tunneld.log)")
+
+        // Three clients of the black hole at once.
+        let ends = FailureList()
+        let group = DispatchGroup()
+        for index in 0..<3 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let started = Date()
+                do {
+                    let fd = try TCP.connect(port: holePort, timeout: 20)
+                    defer { close(fd) }
+                    let reply = try TCP.readAll(fd)
+                    ends.append(String(format: "hole %d closed after %.2f s with %d bytes", index, Date().timeIntervalSince(started), reply.count))
+                } catch {
+                    ends.append("hole \(index): \(error)")
+                }
+            }.start()
+        }
+        usleep(300_000)
+
+        // New clients of the live service get through quickly while the opens are stuck.
+        for round in 0..<5 {
+            let started = Date()
+            XCTAssertEqual(try TCP.exchange(port: goodPort, Array("new \(round)".utf8), timeout: 5), Array("new \(round)".utf8))
+            let seconds = Date().timeIntervalSince(started)
+            XCTAssertLessThan(seconds, 1.0, "a new client of good waited \(seconds) s behind the black hole: \(tunneld.log)")
+            usleep(200_000)
+        }
+
+        XCTAssertEqual(group.wait(timeout: .now() + 10), .success, "every hole client ends")
+        for line in ends.all {
+            let seconds = Double(line.split(separator: " ")[4]) ?? 99
+            XCTAssertLessThan(seconds, 3 + 1, "each hole client ends within its connect_timeout + 1 s: \(line)")
+            XCTAssertTrue(line.hasSuffix("with 0 bytes"), line)
+        }
+        XCTAssertEqual(tunneld.connectionLines(containing: "service=hole").count, 3, tunneld.log)
+        XCTAssertTrue(tunneld.connectionLines(containing: "service=hole").allSatisfy { $0.contains("did not answer the channel open") }, tunneld.log)
+
+        // The live conversation was never cut nor stalled.
+        usleep(500_000)
+        conversation.stop()
+        XCTAssertNil(conversation.failure, "the live conversation: \(conversation.failure ?? "") \(tunneld.log)")
+        XCTAssertLessThan(conversation.slowest, 1.0, "its slowest round trip")
+        XCTAssertFalse(tunneld.log.contains("session down"), "no session was declared dead: \(tunneld.log)")
+    }
+
+    func test02_AServerThatSpeaksFirstIsNotDelayedByNagle() throws {
+        let smtp = try EchoServer(greeting: "220 mail.example ESMTP")
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["smtp": stanza("smtp", port: port, via: sshd, target: smtp.port)])
+        defer { withExtendedLifetime(tunneld) {} }
+        func exchange() throws -> Double {
+            let started = Date()
+            let fd = try TCP.connect(port: port, timeout: 5)
+            defer { close(fd) }
+            _ = try readLine(fd)
+            try TCP.sendAll(fd, Array("EHLO laptop\r\n".utf8))
+            _ = try readLine(fd)
+            try TCP.sendAll(fd, Array("QUIT\r\n".utf8))
+            _ = try readLine(fd)
+            return Date().timeIntervalSince(started)
+        }
+        _ = try exchange()
+        var times: [Double] = []
+        for _ in 0..<20 { times.append(try exchange()) }
+        times.sort()
+        let median = times[times.count / 2]
+        print(String(format: "server-first exchange through tunneld: median %.2f ms", median * 1000))
+        XCTAssertLessThan(median, 0.010, "banner, EHLO, QUIT through a warm session: no 40 ms delayed-ACK stall")
+    }
+
+    func test03_ClientsGetOnlyTheirOwnBytesWhileSessionsAreKilled() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: echo.port, extra: "    sessions = 2")])
+        let failures = FailureList()
+        let outcomes = Counter()
+        let group = DispatchGroup()
+        let stop = Date().addingTimeInterval(4)
+        for index in 0..<50 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                var round = 0
+                while Date() < stop {
+                    round += 1
+                    let bytes = Array("client \(index) round \(round) ".utf8) + randomBytes(4096 + index)
+                    do {
+                        let received = try TCP.exchange(port: port, bytes, timeout: 10)
+                        // A killed session may cut a client short; it must never see another's bytes.
+                        if received != Array(bytes.prefix(received.count)) {
+                            failures.append("client \(index) round \(round): received bytes that are not its own")
+                        }
+                        outcomes.add(received.count == bytes.count ? "whole" : "cut")
+                    } catch {
+                        outcomes.add("error")
+                    }
+                }
+            }.start()
+        }
+        for _ in 0..<6 {
+            usleep(600_000)
+            sshd.killSessions()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 60), .success)
+        XCTAssertEqual(failures.all, [])
+        XCTAssertGreaterThan(outcomes.count("whole"), 100, "most exchanges complete: \(outcomes.all)")
+        XCTAssertTrue(tunneld.isRunning)
+        // After the churn, the service works.
+        XCTAssertEqual(try TCP.exchange(port: port, Array("after".utf8)), Array("after".utf8))
+    }
+
+    func test04_AServerRekeyDuringBulkTransfersLosesNothing() throws {
+        sshd = try SSHServer(extraConfig: "RekeyLimit 1M")
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: echo.port, extra: "    sessions = 1")])
+        let failures = FailureList()
+        let group = DispatchGroup()
+        for index in 0..<4 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let bytes = randomBytes((16 << 20) + index)
+                do {
+                    let received = try TCP.exchange(port: port, bytes, timeout: 60)
+                    if received != bytes { failures.append("client \(index): \(received.count) bytes back, not the \(bytes.count) sent") }
+                } catch {
+                    failures.append("client \(index): \(error)")
+                }
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 90), .success)
+        XCTAssertEqual(failures.all, [], tunneld.log)
+        XCTAssertEqual(sshd.acceptedLogins, 1, "one session carried them all")
+        XCTAssertTrue(tunneld.waitForLog("result=ok", count: 4, timeout: 5), tunneld.log)
+    }
+
+    private func readLine(_ fd: Int32) throws -> String {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.last != UInt8(ascii: "\n") {
+            let count = recv(fd, &byte, 1, 0)
+            guard count == 1 else { throw TCP.Failure(description: "connection closed after \(line.count) bytes of a line") }
+            line.append(byte)
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+}
+
+/// Counts named outcomes from many threads.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var counts: [String: Int] = [:]
+
+    func add(_ name: String) {
+        lock.lock()
+        counts[name, default: 0] += 1
+        lock.unlock()
+    }
+
+    func count(_ name: String) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts[name] ?? 0
+    }
+
+    var all: [String: Int] {
+        lock.lock()
+        defer { lock.unlock() }
+        return counts
+    }
+}
