@@ -95,6 +95,7 @@ public final class SSHSession {
             let received = Glibc.recv(socket, buffer, length, 0)
             if received > 0 {
                 lastReceived = .now
+                acknowledgeQuickly()
                 return received
             }
             if received == 0 {
@@ -105,6 +106,16 @@ public final class SSHSession {
             if errno != EAGAIN && errno != EWOULDBLOCK { isPeerClosed = true }
             return -Int(errno)
         }
+    }
+
+    /// Asks the kernel to acknowledge what arrives at once instead of delaying the ACK by up
+    /// to 40 ms. Without it, a server that speaks first stalls every new connection: sshd
+    /// sends the channel open confirmation and then the target's banner as two small packets,
+    /// and Nagle holds the second until the first is acknowledged. Linux drops quick-ACK mode
+    /// on its own, so this is re-armed after every read.
+    private func acknowledgeQuickly() {
+        var on: Int32 = 1
+        _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_QUICKACK, &on, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// Runs `step` until it stops saying "would block", polling the socket in between, or
