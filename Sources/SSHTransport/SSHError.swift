@@ -18,6 +18,15 @@ public struct SSHError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// Why one channel open failed while its session is fine.
+public enum ChannelOpenFailure: Error, Equatable, Sendable {
+    /// The server refused it, e.g. "administratively prohibited" or "connect failed".
+    case refused(reason: String)
+    /// libssh2 stopped waiting for the server's answer (after 60 s); the server may still
+    /// answer later, and libssh2 then drops the answer.
+    case unanswered
+}
+
 /// Makes sure `libssh2_init` has run once before any session is made.
 enum SSHLibrary {
     private static let initialized: Bool = {

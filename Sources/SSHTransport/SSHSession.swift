@@ -18,6 +18,7 @@ public final class SSHSession {
     let raw: OpaquePointer
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
+    private var isKeepaliveConfigured = false
 
     /// Wraps a connected, non-blocking socket. The session owns the socket from here on.
     public init(socket: Int32) throws {
@@ -207,6 +208,8 @@ public final class SSHSession {
 
     /// Asks for a `direct-tcpip` channel to `target` with `originator` as the client address.
     /// Returns `nil` while it would block. Only one open may be under way per session.
+    /// Throws `ChannelOpenFailure` when only this open failed (the session is fine), and
+    /// `SSHError` when the session failed.
     public func openDirectTCPIP(host: String, port: UInt16, originatorHost: String, originatorPort: UInt16, window: UInt32) throws -> SSHChannel? {
         var message: [UInt8] = []
         func appendString(_ string: String) {
@@ -229,7 +232,26 @@ public final class SSHSession {
         if let channel { return SSHChannel(raw: channel, session: self) }
         let code = libssh2_session_last_errno(raw)
         if code == LIBSSH2_ERROR_EAGAIN { return nil }
-        throw openError(code)
+        if code == LIBSSH2_ERROR_CHANNEL_FAILURE {
+            throw ChannelOpenFailure.refused(reason: Self.openFailureReason(lastErrorMessage()))
+        }
+        if code == LIBSSH2_ERROR_TIMEOUT && !isPeerClosed && sendError == nil {
+            throw ChannelOpenFailure.unanswered
+        }
+        throw error(code, "libssh2_channel_open_ex")
+    }
+
+    /// Sends a global request that the server answers at once (OpenSSH says "failure"), to
+    /// learn that it is alive while a channel open is under way and a probe cannot be sent.
+    /// The answers are not consumed and stay in libssh2's packet list, so use it sparingly.
+    public func sendKeepalive() throws {
+        if !isKeepaliveConfigured {
+            libssh2_keepalive_config(raw, 1, 2)
+            isKeepaliveConfigured = true
+        }
+        var next: Int32 = 0
+        let code = libssh2_keepalive_send(raw, &next)
+        if code != 0 && code != LIBSSH2_ERROR_EAGAIN { throw error(code, "libssh2_keepalive_send") }
     }
 
     /// Sends a channel open the server is sure to refuse, to learn that it is alive and to
@@ -247,14 +269,6 @@ public final class SSHSession {
         throw error(code, "libssh2_channel_open_ex")
     }
 
-    private func openError(_ code: Int32) -> SSHError {
-        var failure = error(code, "libssh2_channel_open_ex")
-        if code == LIBSSH2_ERROR_CHANNEL_FAILURE {
-            failure.message = Self.openFailureReason(failure.message)
-        }
-        return failure
-    }
-
     /// libssh2 reports a refused open as "Channel open failure (administratively prohibited)";
     /// keep the words in parentheses.
     static func openFailureReason(_ message: String) -> String {
@@ -262,11 +276,6 @@ public final class SSHSession {
             return message
         }
         return String(message[message.index(after: open)..<close])
-    }
-
-    /// Whether an open failure means the server refused the target (the session is fine).
-    public static func isChannelRefusal(_ error: SSHError) -> Bool {
-        error.code == LIBSSH2_ERROR_CHANNEL_FAILURE
     }
 
     // MARK: Teardown

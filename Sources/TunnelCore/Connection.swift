@@ -1,22 +1,30 @@
 import Glibc
-import SSHTransport
+import Logging
 import TunnelConfig
 
 /// One accepted client and, once opened, its channel: the state of both copy directions.
 ///
+/// A connection has one owner at a time: the listener that accepted it, then the session
+/// event loop it was handed to (through a locked inbox). Its client descriptors are closed
+/// exactly once, by `finish`; after that the connection holds no descriptor at all, so no
+/// later call can touch a number the kernel may have given to another client.
+///
 /// Bytes move through the loop's scratch buffer; only what the receiving side refused stays
 /// here (`toServer`, `toClient`), and while it does, that direction reads nothing more. So a
 /// connection holds at most one read's worth of bytes per direction.
-final class Connection {
-    let client: ClientEnd
+final class Connection: @unchecked Sendable {
     let peer: Endpoint
     let service: Service
     let stats: ServiceStats
-    let acceptedAt = ContinuousClock.now
+    let acceptedAt: ContinuousClock.Instant
     /// Whether this client was already moved once from a session that died under it.
     var isRetry = false
+    /// Whether this client was already moved once off a session whose channel open is stuck.
+    var hasMoved = false
+    /// When the client's channel open must have been answered.
+    var openDeadline: ContinuousClock.Instant?
 
-    var channel: SSHChannel?
+    var channel: (any TunnelChannel)?
     /// Bytes read from the client that the channel has not taken yet.
     var toServer = PendingBytes()
     /// Bytes read from the channel that the client has not taken yet.
@@ -34,14 +42,28 @@ final class Connection {
     var bytesDown = 0
 
     /// Called once when the connection has ended, after its log line (e.g. to free a limit slot).
-    var onFinish: ((ConnectionOutcome) -> Void)?
+    var onFinish: (@Sendable (ConnectionOutcome) -> Void)?
 
-    init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats) {
+    /// The client's descriptors while the connection is open; `nil` once finished.
+    private var client: ClientEnd?
+
+    init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats, acceptedAt: ContinuousClock.Instant = .now) {
         self.client = client
         self.peer = peer
         self.service = service
         self.stats = stats
+        self.acceptedAt = acceptedAt
     }
+
+    /// The descriptor to read the client from; -1 once finished.
+    var input: Int32 { client?.input ?? -1 }
+    /// The descriptor to write to the client; -1 once finished.
+    var output: Int32 { client?.output ?? -1 }
+    /// Whether the client reads and writes one socket.
+    var isOneSocket: Bool { input == output }
+
+    /// Whether `finish` has run.
+    var isClosed: Bool { client == nil }
 
     /// Both directions are finished and nothing is left to deliver.
     var isFinished: Bool {
@@ -50,10 +72,44 @@ final class Connection {
 
     /// Writes as much of `toClient` as the client takes. Returns `errno` on a hard error.
     func flushToClient() -> Int32? {
-        toClient.drain { bytes in
-            let written = write(client.output, bytes.baseAddress, bytes.count)
-            return written >= 0 ? written : (errno == EAGAIN || errno == EINTR ? 0 : -Int(errno))
+        let fd = output
+        return toClient.drain { bytes in
+            switch DescriptorIO.write(fd, bytes) {
+            case .wrote(let count): return count
+            case .wouldBlock: return 0
+            case .failed(let code): return -Int(code)
+            }
         }
+    }
+
+    /// Says "no more data" to the client (TCP half-close).
+    func shutdownClientOutput() {
+        client?.shutdownOutput()
+        clientShutDown = true
+    }
+
+    /// Ends the connection: closes the client and writes its one log line. Returns `false`
+    /// and does nothing if it had already ended, so no descriptor is ever closed twice.
+    @discardableResult
+    func finish(_ outcome: ConnectionOutcome, logger: Logger) -> Bool {
+        guard let end = client else { return false }
+        client = nil
+        end.close()
+        let seconds = (ContinuousClock.now - acceptedAt).seconds
+        stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
+        logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [
+            "service": "\(service.name)",
+            "peer": "\(peer)",
+            "target": "\(service.target)",
+            "via": "\(service.user)@\(service.server)",
+            "duration": "\(seconds.threeDecimals)",
+            "bytes.up": "\(bytesUp)",
+            "bytes.down": "\(bytesDown)",
+            "result": "\(outcome)",
+        ])
+        onFinish?(outcome)
+        onFinish = nil
+        return true
     }
 }
 
@@ -80,7 +136,8 @@ struct ClientEnd {
         if input == output {
             shutdown(output, Int32(SHUT_WR))
         } else if shutdown(output, Int32(SHUT_WR)) != 0 {
-            Glibc.close(output)
+            // A pipe cannot be half-closed; an empty write end reads as EOF once closed.
+            _ = dup2(Self.nullDescriptor, output)
         }
     }
 
@@ -89,6 +146,9 @@ struct ClientEnd {
         Glibc.close(input)
         if output != input { Glibc.close(output) }
     }
+
+    /// /dev/null opened for writing, to stand in for an output that is done.
+    private static let nullDescriptor: Int32 = open("/dev/null", O_WRONLY | O_CLOEXEC)
 }
 
 /// Bytes one side refused, kept until it takes them. Empty costs no memory.
@@ -117,7 +177,7 @@ struct PendingBytes {
         return nil
     }
 
-    /// Like `drain`, for a writer that throws.
+    /// Like `drain`, for a writer that throws and says "later" with `nil`.
     mutating func drainIntoChannel(_ write: (UnsafeRawBufferPointer) throws -> Int?) throws {
         while head < storage.count {
             guard let taken = try storage.withUnsafeBytes({ try write(UnsafeRawBufferPointer(rebasing: $0[head...])) }) else { return }

@@ -30,7 +30,7 @@ final class ConnectionLimits {
     }
 
     /// Counts a new client from `source` in, or names the limit that turns it away.
-    func admit(source: String, now: ContinuousClock.Instant = .now) -> String? {
+    func admit(source: String, now: ContinuousClock.Instant = .now) -> ConnectionLimit? {
         lock.lock()
         defer { lock.unlock() }
         if let rate {
@@ -42,11 +42,11 @@ final class ConnectionLimits {
             if inWindow > rate.rate {
                 pausedUntil = now + Duration(seconds: rate.pause)
                 inWindow = 0
-                return "cps"
+                return .cps
             }
         }
-        if let instances, live >= instances { return "instances" }
-        if let perSource, liveBySource[source, default: 0] >= perSource { return "per_source" }
+        if let instances, live >= instances { return .instances }
+        if let perSource, liveBySource[source, default: 0] >= perSource { return .perSource }
         live += 1
         liveBySource[source, default: 0] += 1
         return nil

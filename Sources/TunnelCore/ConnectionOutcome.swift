@@ -1,7 +1,3 @@
-import Foundation
-import Glibc
-import Logging
-import TunnelConfig
 
 /// How a connection ended, as the `result` field of its log line says it.
 enum ConnectionOutcome: CustomStringConvertible {
@@ -15,8 +11,8 @@ enum ConnectionOutcome: CustomStringConvertible {
     case clientError(String)
     /// The daemon stopped before the connection finished.
     case shutdown
-    /// A limit (`instances`, `per_source`, `cps`) turned the client away.
-    case limit(String)
+    /// A limit turned the client away.
+    case limit(ConnectionLimit)
     /// `only_from` / `no_access` turned the client away.
     case access(String)
 
@@ -27,7 +23,7 @@ enum ConnectionOutcome: CustomStringConvertible {
         case .sshFailed(let reason): return "ssh-failed: \(reason)"
         case .clientError(let reason): return "client-error: \(reason)"
         case .shutdown: return "shutdown"
-        case .limit(let which): return "limit: \(which)"
+        case .limit(let which): return "limit: \(which.rawValue)"
         case .access(let rule): return "access: \(rule)"
         }
     }
@@ -43,29 +39,15 @@ enum ConnectionOutcome: CustomStringConvertible {
         case .ok, .shutdown, .clientError: return nil
         case .refused(let reason): return "refused: \(reason)"
         case .sshFailed: return "ssh-failed"
-        case .limit(let which): return "limit: \(which)"
+        case .limit(let which): return "limit: \(which.rawValue)"
         case .access: return "access"
         }
     }
 }
 
-extension Connection {
-    /// Closes the client and writes the connection's one log line.
-    func finish(_ outcome: ConnectionOutcome, logger: Logger) {
-        client.close()
-        let seconds = (ContinuousClock.now - acceptedAt).seconds
-        stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
-        logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [
-            "service": "\(service.name)",
-            "peer": "\(peer)",
-            "target": "\(service.target)",
-            "via": "\(service.user)@\(service.server)",
-            "duration": "\(seconds.threeDecimals)",
-            "bytes.up": "\(bytesUp)",
-            "bytes.down": "\(bytesDown)",
-            "result": "\(outcome)",
-        ])
-        onFinish?(outcome)
-        onFinish = nil
-    }
+/// The limits that turn a client away before any SSH work, named as in the stanza.
+enum ConnectionLimit: String, Sendable {
+    case instances
+    case perSource = "per_source"
+    case cps
 }

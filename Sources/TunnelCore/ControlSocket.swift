@@ -1,8 +1,9 @@
 import Foundation
 import Glibc
 
-/// The daemon's Unix control socket (mode 0600): a client sends one line, `status` or
-/// `status json`, and reads the answer until the daemon closes the connection.
+/// The daemon's Unix control socket (mode 0600): a client sends one line (`status`,
+/// `status json`, `reconnect [SERVICE…]`) and reads the answer until the daemon closes the
+/// connection.
 final class ControlSocket {
     let path: String
     private let fd: Int32
@@ -120,5 +121,11 @@ public enum StatusClient {
     /// The daemon's answer to `status` (a table) or `status json`.
     public static func fetch(json: Bool, socketPath: String?) throws -> String {
         try ControlSocket.request(json ? "status json" : "status", path: socketPath ?? ControlSocket.defaultPath())
+    }
+
+    /// Asks the daemon to treat the sessions of `services` (all if empty) as suspect and to
+    /// start their backoff over; returns its answer.
+    public static func reconnect(services: [String], socketPath: String?) throws -> String {
+        try ControlSocket.request((["reconnect"] + services).joined(separator: " "), path: socketPath ?? ControlSocket.defaultPath())
     }
 }

@@ -24,7 +24,8 @@ public final class Daemon {
         signal(SIGPIPE, SIG_IGN)
         var signals = sigset_t()
         sigemptyset(&signals)
-        for number in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&signals, number) }
+        // USR1: reconnect; CONT: resumed after being stopped (frozen), so sessions are suspect.
+        for number in [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGCONT] { sigaddset(&signals, number) }
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let activation = SocketActivation()
@@ -62,15 +63,24 @@ public final class Daemon {
         pool.startPersistentSessions()
         let listener = Listener(endpoints: endpoints, pool: pool, logger: logger)
         listener.start()
+        let watcher = NetworkWatcher { [logger] in
+            logger.notice("the network changed; sessions are suspect and backoff starts over")
+            pool.networkChanged(resetBackoff: true)
+        }
+        if let problem = watcher.start() {
+            logger.warning("network changes will not be noticed; use tunneld reconnect", metadata: ["error": "\(problem)"])
+        }
         let startedAt = Date()
         var control: ControlSocket?
         do {
-            control = try ControlSocket(path: controlPath) { request in
+            control = try ControlSocket(path: controlPath) { [logger] request in
                 let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
-                switch request {
-                case "status": return report.table()
-                case "status json": return report.json()
-                default: return "unknown request '\(request)'; try status or status json\n"
+                let words = request.split(separator: " ").map(String.init)
+                switch words.first {
+                case "status" where words.count == 1: return report.table()
+                case "status" where words == ["status", "json"]: return report.json()
+                case "reconnect": return Self.reconnect(names: Array(words.dropFirst()), listener: listener, pool: pool, logger: logger)
+                default: return "unknown request '\(request)'; try status, status json or reconnect [SERVICE...]\n"
                 }
             }
         } catch {
@@ -83,6 +93,15 @@ public final class Daemon {
         while true {
             var received: Int32 = 0
             guard sigwait(&signals, &received) == 0 else { continue }
+            if received == SIGUSR1 {
+                _ = Self.reconnect(names: [], listener: listener, pool: pool, logger: logger)
+                continue
+            }
+            if received == SIGCONT {
+                logger.notice("resumed after being stopped; sessions are suspect")
+                pool.networkChanged(resetBackoff: true)
+                continue
+            }
             if received == SIGHUP {
                 systemd.notify(["RELOADING=1", SystemdNotifier.monotonicMicroseconds()])
                 reload(listener: listener, pool: pool)
@@ -92,7 +111,7 @@ public final class Daemon {
             break
         }
         let drainSeconds = configuration.globals.shutdownTimeout
-        logger.notice("stopping", metadata: ["drain.seconds": "\(SessionPump.format(drainSeconds))"])
+        logger.notice("stopping", metadata: ["drain.seconds": "\(drainSeconds.secondsText)"])
         systemd.notify(["STOPPING=1", "STATUS=stopping: letting live connections finish"])
         listener.stop()
         let deadline = ContinuousClock.now + Duration(seconds: drainSeconds)
@@ -108,17 +127,33 @@ public final class Daemon {
         let services = listener.currentEndpoints.map { endpoint -> StatusReport.ServiceStatus in
             let service = endpoint.service
             let counters = endpoint.stats.snapshot
-            let session = pool.state(of: service.sessionKey)
-            var retryAt: String?
-            if case .backingOff(let until) = session { retryAt = StatusReport.timestamp(until) }
+            let server = pool.status(of: service.sessionKey)
             return StatusReport.ServiceStatus(
                 name: service.name, listen: "\(service.listen)", via: "\(service.user)@\(service.server)",
-                target: "\(service.target)", session: session.name, retryAt: retryAt,
+                target: "\(service.target)", session: server.state, sessionsUp: server.sessionsUp,
+                retryAt: server.retryAt.map(StatusReport.timestamp),
+                connectError: server.lastError, connectErrorAt: server.lastErrorAt.map(StatusReport.timestamp),
                 liveConnections: counters.live, totalConnections: counters.total,
                 bytesUp: counters.bytesUp, bytesDown: counters.bytesDown, refusals: counters.refusals,
                 lastError: counters.lastError, lastErrorAt: counters.lastErrorAt.map(StatusReport.timestamp))
         }
         return StatusReport(pid: getpid(), startedAt: StatusReport.timestamp(startedAt), services: services.sorted { $0.name < $1.name })
+    }
+
+    /// `tunneld reconnect [SERVICE…]` and SIGUSR1: the sessions of the named services (all
+    /// if none) are suspect, and their backoff starts over. Returns the answer for the client.
+    static func reconnect(names: [String], listener: Listener, pool: SessionPool, logger: Logger) -> String {
+        let services = listener.currentEndpoints.map(\.service)
+        let unknown = names.filter { name in !services.contains { $0.name == name } }
+        guard unknown.isEmpty else {
+            return "error: no service named \(unknown.joined(separator: ", ")); tunneld status lists them\n"
+        }
+        let chosen = names.isEmpty ? [] : services.filter { names.contains($0.name) }
+        let servers = pool.reconnect(services: chosen)
+        logger.notice("reconnect: sessions are suspect and backoff starts over", metadata: [
+            "services": "\(names.isEmpty ? "all" : names.joined(separator: ","))",
+        ])
+        return "reconnecting \(servers) server\(servers == 1 ? "" : "s")\n"
     }
 
     /// The one-line summary systemd shows in `systemctl status`.

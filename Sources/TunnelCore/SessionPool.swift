@@ -1,198 +1,272 @@
 import Foundation
 import Logging
+import Synchronization
 import TunnelConfig
 
-/// Finds or starts the session loop for each accepted client, and remembers, per session
-/// key, how connecting has gone: failures back off 1 s doubling to 30 s, a success resets.
-final class SessionPool {
-    private struct KeyState {
+/// Routes each accepted client to an SSH session to its server, and remembers per server how
+/// connecting has gone.
+///
+/// A server may have up to `sessions` sessions at once, each its own supervisor and thread.
+/// A client goes to the least loaded session that is up, not suspect and not stuck on a
+/// channel open; another session is started when every one carries `spreadThreshold`
+/// connections or is stuck or suspect. At most one connect per server is under way: clients
+/// that arrive meanwhile wait for it. Backoff spaces out tunneld's own retries and never
+/// refuses a client, except within a second of a failed attempt (then with its reason).
+final class SessionPool: @unchecked Sendable {
+    private struct Server {
         var settings: SessionSettings
-        var loop: SessionLoop?
-        var isUp = false
-        var failures = 0
-        var retryAt: ContinuousClock.Instant?
+        var supervisors: [SessionSupervisor] = []
+        var backoff = Backoff()
+        var lastErrorAt: Date?
+    }
+
+    private struct State {
+        var servers: [SessionKey: Server] = [:]
+        var isStopping = false
+        /// Every supervisor whose thread still runs, including those a reload detached.
+        var live: [ObjectIdentifier: SessionSupervisor] = [:]
+    }
+
+    /// A server's sessions and connect history, for `tunneld status`.
+    struct ServerStatus: Equatable {
+        /// `idle`, `connecting`, `up` or `backing-off`.
+        var state: String
+        /// Sessions up now.
+        var sessionsUp: Int
+        /// When tunneld tries again on its own (persistent sessions backing off).
+        var retryAt: Date?
         var lastError: String?
+        var lastErrorAt: Date?
     }
 
-    /// A session key's state for `tunneld status`.
-    enum SessionState: Equatable {
-        case idle
-        case connecting
-        case up
-        case backingOff(until: Date)
-
-        var name: String {
-            switch self {
-            case .idle: return "idle"
-            case .connecting: return "connecting"
-            case .up: return "up"
-            case .backingOff: return "backing-off"
-            }
-        }
-    }
-
-    /// The state of the session that `key` uses.
-    func state(of key: SessionKey) -> SessionState {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let state = states[key] else { return .idle }
-        if let retryAt = state.retryAt, retryAt > .now {
-            return .backingOff(until: Date().addingTimeInterval((retryAt - .now).seconds))
-        }
-        if state.loop == nil { return .idle }
-        return state.isUp ? .up : .connecting
-    }
-
-    private let lock = NSLock()
-    private var states: [SessionKey: KeyState] = [:]
-    private var isStopping = false
-    /// Every loop whose thread still runs, including those a reload detached from their key.
-    private var liveLoops: [ObjectIdentifier: SessionLoop] = [:]
+    private let state = Mutex(State())
     private let logger: Logger
+    private let suspendDetector = Mutex(SuspendDetector())
 
     init(services: [Service], logger: Logger) {
         self.logger = logger
         let byKey = Dictionary(grouping: services, by: \.sessionKey)
-        for (key, group) in byKey {
-            states[key] = KeyState(settings: SessionSettings(key: key, services: group))
-        }
-    }
-
-    /// Starts the loops of persistent sessions.
-    func startPersistentSessions() {
-        lock.lock()
-        defer { lock.unlock() }
-        for (key, state) in states where state.settings.isPersistent && state.loop == nil && !isStopping {
-            let loop = makeLoop(state.settings)
-            states[key]?.loop = loop
-            loop.start()
-        }
-    }
-
-    /// Sends a client to its session's loop, starting one if needed. During a backoff the
-    /// client is closed at once with the last error.
-    func dispatch(_ connection: Connection) {
-        let key = connection.service.sessionKey
-        var refusal: String?
-        lock.lock()
-        if isStopping {
-            refusal = "tunneld is stopping"
-        } else if var state = states[key] {
-            if let retryAt = state.retryAt, retryAt > .now {
-                refusal = state.lastError ?? "connecting failed"
-            } else if state.loop?.enqueue(connection) != true {
-                let loop = makeLoop(state.settings)
-                state.loop = loop
-                states[key] = state
-                _ = loop.enqueue(connection)
-                loop.start()
+        state.withLock { state in
+            for (key, group) in byKey {
+                state.servers[key] = Server(settings: SessionSettings(key: key, services: group))
             }
-        } else {
-            refusal = "no session settings for this service"
         }
-        lock.unlock()
-        if let refusal { connection.finish(.sshFailed(refusal), logger: logger) }
     }
 
-    /// A new loop, counted as live until it ends. Call with the lock held.
-    private func makeLoop(_ settings: SessionSettings) -> SessionLoop {
-        let loop = SessionLoop(settings: settings, pool: self, logger: logger)
-        liveLoops[ObjectIdentifier(loop)] = loop
-        return loop
+    /// Starts the sessions of persistent servers.
+    func startPersistentSessions() {
+        let started = state.withLock { state -> [SessionSupervisor] in
+            guard !state.isStopping else { return [] }
+            var started: [SessionSupervisor] = []
+            for (key, server) in state.servers where server.settings.isPersistent && !server.supervisors.contains(where: \.isPersistent) {
+                started.append(makeSupervisor(for: key, persistent: true, in: &state))
+            }
+            return started
+        }
+        started.forEach { $0.start() }
     }
 
-    /// How long a persistent loop must still wait before connecting again, if at all.
-    func backoffRemaining(for key: SessionKey) -> Double? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let retryAt = states[key]?.retryAt else { return nil }
-        let remaining = (retryAt - .now).seconds
-        return remaining > 0 ? remaining : nil
+    // MARK: Routing
+
+    /// Sends a client to a session of its server, starting one if needed.
+    /// - `avoiding`: a session the client is moving off (its channel open is stuck).
+    func dispatch(_ connection: Connection, avoiding: SessionSupervisor? = nil) {
+        if suspendDetector.withLock({ $0.resumedFromSuspend() }) {
+            logger.notice("the machine woke from a suspend; sessions are suspect")
+            networkChanged(resetBackoff: true)
+        }
+        let now = ContinuousClock.now
+        enum Decision {
+            case enqueued
+            case start(SessionSupervisor)
+            case refuse(String)
+        }
+        let decision = state.withLock { state -> Decision in
+            guard !state.isStopping else { return .refuse("tunneld is stopping") }
+            let key = connection.service.sessionKey
+            guard let server = state.servers[key] else { return .refuse("no session settings for this service") }
+            let candidates = server.supervisors.filter { $0 !== avoiding }
+            let gauges = candidates.map { ($0, $0.gauge) }.filter { $0.1.phase != .retired }
+
+            // A session that is up, not suspect, and whose open is not stuck, least loaded first.
+            let ready = gauges.filter { _, gauge in
+                gauge.phase == .up && !gauge.isSuspect && !(gauge.busySince.map { now - $0 >= SessionSettings.stuckOpenBound } ?? false)
+            }
+            let count = server.supervisors.filter { $0.gauge.phase != .retired }.count
+            let room = count < server.settings.maxSessions
+            if let best = ready.min(by: { $0.1.load < $1.1.load }), best.1.load < SessionSettings.spreadThreshold || !room || server.backoff.refusal(now: now) != nil {
+                if best.0.enqueue(connection) { return .enqueued }
+            }
+            // A connect under way: wait for it.
+            for (supervisor, gauge) in gauges where gauge.phase == .connecting {
+                if supervisor.enqueue(connection) { return .enqueued }
+            }
+            // Connecting again within a second of a failure is refused, with its reason.
+            if let refusal = server.backoff.refusal(now: now) {
+                if let best = ready.min(by: { $0.1.load < $1.1.load }), best.0.enqueue(connection) { return .enqueued }
+                return .refuse(refusal)
+            }
+            // A persistent session waiting out its backoff connects at once for a client.
+            for (supervisor, gauge) in gauges where gauge.phase == .backingOff {
+                if supervisor.enqueue(connection) { return .enqueued }
+            }
+            // Another session, if there is room, or if every one is suspect (a race between
+            // a fresh session and the old one's probe).
+            let allSuspect = !gauges.isEmpty && gauges.allSatisfy { $0.1.isSuspect }
+            if room || allSuspect || gauges.isEmpty {
+                let supervisor = makeSupervisor(for: key, persistent: false, in: &state)
+                _ = supervisor.enqueue(connection)
+                return .start(supervisor)
+            }
+            // Every session is busy: the least loaded takes it, in turn.
+            let fallback = ready.min(by: { $0.1.load < $1.1.load }) ?? gauges.min(by: { $0.1.load < $1.1.load })
+            if let fallback, fallback.0.enqueue(connection) { return .enqueued }
+            if let avoiding, avoiding.enqueue(connection) { return .enqueued }
+            let supervisor = makeSupervisor(for: key, persistent: false, in: &state)
+            _ = supervisor.enqueue(connection)
+            return .start(supervisor)
+        }
+        switch decision {
+        case .enqueued:
+            break
+        case .start(let supervisor):
+            supervisor.start()
+        case .refuse(let reason):
+            connection.finish(.sshFailed(reason), logger: logger)
+        }
     }
 
-    /// Notes a failed connect; returns the seconds until the next attempt is allowed.
+    /// A new supervisor for `key`, counted as live until it ends. Call within the lock.
+    private func makeSupervisor(for key: SessionKey, persistent: Bool, in state: inout State) -> SessionSupervisor {
+        let settings = state.servers[key]!.settings
+        let supervisor = SessionSupervisor(settings: settings, isPersistent: persistent, pool: self, logger: logger)
+        state.servers[key]!.supervisors.append(supervisor)
+        state.live[ObjectIdentifier(supervisor)] = supervisor
+        return supervisor
+    }
+
+    /// Forgets a supervisor that has ended.
+    func supervisorEnded(_ supervisor: SessionSupervisor) {
+        state.withLock { state in
+            let key = supervisor.settings.key
+            state.servers[key]?.supervisors.removeAll { $0 === supervisor }
+            state.live[ObjectIdentifier(supervisor)] = nil
+        }
+    }
+
+    // MARK: Backoff
+
+    /// Seconds a persistent session must still wait before connecting again, if any.
+    func backoffWait(for key: SessionKey) -> Double? {
+        state.withLock { $0.servers[key]?.backoff.wait(now: .now) }
+    }
+
+    /// Notes a failed connect; returns the seconds until tunneld's own next attempt.
     func recordFailure(for key: SessionKey, reason: String) -> Double {
-        lock.lock()
-        defer { lock.unlock() }
-        guard var state = states[key] else { return 0 }
-        let delay = min(30, pow(2, Double(state.failures)))
-        state.failures += 1
-        state.retryAt = .now + Duration(seconds: delay)
-        state.lastError = reason
-        states[key] = state
-        return delay
+        state.withLock { state in
+            state.servers[key]?.lastErrorAt = Date()
+            return state.servers[key]?.backoff.failed(reason, now: .now) ?? 0
+        }
     }
 
     /// Notes a successful connect: the backoff starts over.
     func recordSuccess(for key: SessionKey) {
-        lock.lock()
-        defer { lock.unlock() }
-        states[key]?.failures = 0
-        states[key]?.retryAt = nil
-        states[key]?.isUp = true
+        state.withLock { $0.servers[key]?.backoff.succeeded() }
     }
 
-    /// Notes that the session of `key` went down.
-    func recordDown(for key: SessionKey) {
-        lock.lock()
-        defer { lock.unlock() }
-        states[key]?.isUp = false
-    }
+    // MARK: Suspicion
 
-    /// Forgets a loop that has retired.
-    func loopEnded(_ loop: SessionLoop) {
-        lock.lock()
-        defer { lock.unlock() }
-        let key = loop.settings.key
-        if states[key]?.loop === loop {
-            states[key]?.loop = nil
-            states[key]?.isUp = false
-        }
-        liveLoops[ObjectIdentifier(loop)] = nil
-    }
-
-    /// Takes a reloaded set of services. Keys still in use get the new settings for their
-    /// next session; loops of keys no longer used finish their connections and end.
-    func update(services: [Service]) {
-        let byKey = Dictionary(grouping: services, by: \.sessionKey)
-        lock.lock()
-        var retiring: [SessionLoop] = []
-        for (key, state) in states where byKey[key] == nil {
-            if let loop = state.loop { retiring.append(loop) }
-            states[key] = nil
-        }
-        for (key, group) in byKey {
-            let settings = SessionSettings(key: key, services: group)
-            if var state = states[key] {
-                if state.settings != settings, let loop = state.loop {
-                    // The running session keeps its settings; the next one gets the new.
-                    retiring.append(loop)
-                    state.loop = nil
-                }
-                state.settings = settings
-                states[key] = state
-            } else {
-                states[key] = KeyState(settings: settings)
+    /// The network changed, or the machine woke: every session may be dead. Each is probed
+    /// (one whose local address is gone dies at once); clients go to fresh sessions meanwhile.
+    /// With `resetBackoff`, a failure from before the change no longer refuses anyone.
+    func networkChanged(resetBackoff: Bool, keys: Set<SessionKey>? = nil) {
+        let addresses = Socket.localAddresses()
+        let supervisors = state.withLock { state -> [SessionSupervisor] in
+            var all: [SessionSupervisor] = []
+            for (key, server) in state.servers where keys?.contains(key) ?? true {
+                if resetBackoff { state.servers[key]?.backoff.reset() }
+                all += server.supervisors
             }
+            return all
         }
-        lock.unlock()
-        for loop in retiring { loop.stop(drainUntil: nil) }
+        for supervisor in supervisors { supervisor.suspect(localAddresses: addresses) }
         startPersistentSessions()
     }
 
-    /// Stops every loop: connections get until `deadline` to finish.
-    func stopAll(drainUntil deadline: ContinuousClock.Instant) {
-        lock.lock()
-        isStopping = true
-        let loops = Array(liveLoops.values)
-        lock.unlock()
-        for loop in loops { loop.stop(drainUntil: deadline) }
+    /// `tunneld reconnect [SERVICE…]`: the sessions of these services (all if empty) are
+    /// suspect and their backoff is reset. Returns the session keys touched.
+    @discardableResult
+    func reconnect(services: [Service]) -> Int {
+        let keys = services.isEmpty ? nil : Set(services.map(\.sessionKey))
+        networkChanged(resetBackoff: true, keys: keys)
+        return keys?.count ?? state.withLock { $0.servers.count }
     }
 
-    /// Whether any loop is still running.
+    // MARK: Status
+
+    /// The sessions and connect history of the server `key` uses.
+    func status(of key: SessionKey) -> ServerStatus {
+        state.withLock { state in
+            guard let server = state.servers[key] else { return ServerStatus(state: "idle", sessionsUp: 0) }
+            let gauges = server.supervisors.map(\.gauge)
+            let up = gauges.filter { $0.phase == .up }.count
+            var status = ServerStatus(state: "idle", sessionsUp: up, lastError: server.backoff.lastError, lastErrorAt: server.lastErrorAt)
+            if let wait = server.backoff.wait(now: .now), up == 0 {
+                status.state = "backing-off"
+                status.retryAt = Date().addingTimeInterval(wait)
+            } else if up > 0 {
+                status.state = "up"
+            } else if gauges.contains(where: { $0.phase == .connecting }) {
+                status.state = "connecting"
+            }
+            return status
+        }
+    }
+
+    // MARK: Reload and stop
+
+    /// Takes a reloaded set of services. Keys still in use get the new settings for their
+    /// next sessions; sessions of keys no longer used, or whose settings changed, finish
+    /// their connections and end.
+    func update(services: [Service]) {
+        let byKey = Dictionary(grouping: services, by: \.sessionKey)
+        let retiring = state.withLock { state -> [SessionSupervisor] in
+            var retiring: [SessionSupervisor] = []
+            for (key, server) in state.servers where byKey[key] == nil {
+                retiring += server.supervisors
+                state.servers[key] = nil
+            }
+            for (key, group) in byKey {
+                let settings = SessionSettings(key: key, services: group)
+                if var server = state.servers[key] {
+                    if server.settings != settings {
+                        // Running sessions keep their settings; the next ones get the new.
+                        retiring += server.supervisors
+                        server.supervisors.removeAll()
+                    }
+                    server.settings = settings
+                    state.servers[key] = server
+                } else {
+                    state.servers[key] = Server(settings: settings)
+                }
+            }
+            return retiring
+        }
+        for supervisor in retiring { supervisor.stop(drainUntil: nil) }
+        startPersistentSessions()
+    }
+
+    /// Stops every session: connections get until `deadline` to finish.
+    func stopAll(drainUntil deadline: ContinuousClock.Instant) {
+        let supervisors = state.withLock { state in
+            state.isStopping = true
+            return Array(state.live.values)
+        }
+        for supervisor in supervisors { supervisor.stop(drainUntil: deadline) }
+    }
+
+    /// Whether any session's thread is still running.
     var hasLiveLoops: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return !liveLoops.isEmpty
+        state.withLock { !$0.live.isEmpty }
     }
 }

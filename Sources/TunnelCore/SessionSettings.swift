@@ -1,13 +1,16 @@
 import TunnelConfig
 
 /// How one shared SSH session behaves, merged from every service that uses it: the longest
-/// linger and connect timeout, the most frequent keepalive, and persistent if any service is.
-struct SessionSettings: Equatable {
+/// linger and connect timeout, the most frequent keepalive, the most sessions, and
+/// persistent if any service is.
+struct SessionSettings: Equatable, Sendable {
     var key: SessionKey
     var linger: Double
     var isPersistent: Bool
     var keepalive: Keepalive
     var connectTimeout: Double
+    /// How many sessions to the server may run at once.
+    var maxSessions: Int
 
     init(key: SessionKey, services: [Service]) {
         self.key = key
@@ -15,15 +18,24 @@ struct SessionSettings: Equatable {
         isPersistent = services.contains(where: \.isPersistent)
         keepalive = services.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
         connectTimeout = services.map(\.connectTimeout).max() ?? 10
+        maxSessions = services.map(\.sessions).max() ?? 4
     }
 
     /// Seconds of silence from the server after which the session counts as dead.
     var silenceLimit: Double { keepalive.interval * Double(keepalive.count + 1) }
 
-    /// How long a channel open may wait for the server's answer.
-    func openTimeout(sessionWasIdle: Bool) -> Double {
-        sessionWasIdle ? min(3, connectTimeout) : connectTimeout
-    }
+    /// How long a probe may go unanswered while a client waits on a session that was quiet
+    /// (after a sleep, the first client must not wait out a dead session's keepalive).
+    var urgentProbeBound: Double { min(3, connectTimeout) }
+
+    /// How long a client's channel open may wait for the server's answer.
+    var openTimeout: Double { connectTimeout }
+
+    /// An open under way longer than this sends the next clients to a sibling session.
+    static let stuckOpenBound: Duration = .milliseconds(250)
+
+    /// A session carrying this many connections makes the pool open a sibling, if allowed.
+    static let spreadThreshold = 4
 }
 
 extension Double {

@@ -148,6 +148,37 @@ enum Socket {
         return storage
     }
 
+    /// The numeric local address a connected socket uses, or nil if it has none.
+    static func localAddress(of fd: Int32) -> String? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard status == 0 else { return nil }
+        return endpoint(of: storage).host
+    }
+
+    /// The numeric addresses configured on this machine's interfaces now.
+    static func localAddresses() -> Set<String> {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let list else { return [] }
+        defer { freeifaddrs(list) }
+        var addresses: Set<String> = []
+        var entry: UnsafeMutablePointer<ifaddrs>? = list
+        while let current = entry {
+            entry = current.pointee.ifa_next
+            guard let address = current.pointee.ifa_addr else { continue }
+            let family = Int32(address.pointee.sa_family)
+            guard family == AF_INET || family == AF_INET6 else { continue }
+            var storage = sockaddr_storage()
+            let size = family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
+            withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: size)) }
+            addresses.insert(endpoint(of: storage).host)
+        }
+        return addresses
+    }
+
     /// The numeric host and port of a socket address.
     static func endpoint(of storage: sockaddr_storage) -> Endpoint {
         var storage = storage

@@ -10,8 +10,13 @@ public struct StatusReport: Codable, Equatable {
         public var target: String
         /// `idle`, `connecting`, `up` or `backing-off`.
         public var session: String
+        /// How many SSH sessions to the server are up.
+        public var sessionsUp: Int
         /// When a backing-off session tries again (ISO 8601).
         public var retryAt: String?
+        /// The last failure to connect to the server, and when (ISO 8601).
+        public var connectError: String?
+        public var connectErrorAt: String?
         public var liveConnections: Int
         public var totalConnections: Int
         public var bytesUp: Int
@@ -37,6 +42,7 @@ public struct StatusReport: Codable, Equatable {
         var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "SESSION", "LIVE", "TOTAL", "UP", "DOWN", "LAST ERROR"]]
         for service in services {
             var session = service.session
+            if service.sessionsUp > 1 { session += " (\(service.sessionsUp))" }
             if let retryAt = service.retryAt { session += " until \(retryAt)" }
             var lastError = service.lastError ?? "-"
             if let at = service.lastErrorAt { lastError += " (\(at))" }
@@ -53,6 +59,12 @@ public struct StatusReport: Codable, Equatable {
                 index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
             }.joined(separator: "  ")
             text += line.trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        var shown = Set<String>()
+        for service in services {
+            guard let error = service.connectError, shown.insert(service.via).inserted else { continue }
+            text += "\(service.via) last failed to connect\(service.connectErrorAt.map { " at \($0)" } ?? ""): \(error)"
+            text += service.retryAt.map { "; next try at \($0)\n" } ?? "\n"
         }
         for service in services where !service.refusals.isEmpty {
             let list = service.refusals.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")

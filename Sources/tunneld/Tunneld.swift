@@ -18,7 +18,7 @@ struct Tunneld: ParsableCommand {
             sharing one SSH session per server among all connections.
             """,
         version: version,
-        subcommands: [Status.self]
+        subcommands: [Status.self, Reconnect.self]
     )
 
     @Option(name: [.customShort("f"), .customLong("config")],
@@ -141,5 +141,40 @@ struct Status: ParsableCommand {
             FileHandle.standardError.write(Data("tunneld status: \(error)\n".utf8))
             throw ExitCode(1)
         }
+    }
+}
+
+/// `tunneld reconnect [SERVICE…]`: after a sleep or a network change, tells the running
+/// daemon that its sessions may be dead, so clients get fresh ones at once.
+struct Reconnect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Treat the sessions of the running daemon as suspect and start backoff over (after a wake-up or a network change).")
+
+    @Argument(help: ArgumentHelp("Services whose sessions to check (default: all).", valueName: "service"))
+    var services: [String] = []
+
+    @Option(name: .customLong("socket"), help: ArgumentHelp("The control socket (default: control_socket from the configuration, else the platform default).", valueName: "path"))
+    var socketPath: String?
+
+    @Option(name: [.customShort("f"), .customLong("config")], help: ArgumentHelp("Configuration to read control_socket from.", valueName: "path"))
+    var path: String = "/etc/tunneld/services.d"
+
+    func run() throws {
+        var socket = socketPath
+        if socket == nil, FileManager.default.fileExists(atPath: path) {
+            socket = ConfigurationLoader(environment: .current).load(path: path).globals.controlSocket
+        }
+        let answer: String
+        do {
+            answer = try StatusClient.reconnect(services: services, socketPath: socket)
+        } catch {
+            FileHandle.standardError.write(Data("tunneld reconnect: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        if answer.hasPrefix("error:") {
+            FileHandle.standardError.write(Data("tunneld reconnect: \(answer.dropFirst(7))".utf8))
+            throw ExitCode(1)
+        }
+        print(answer, terminator: "")
     }
 }

@@ -181,7 +181,7 @@ final class HardeningTests: XCTestCase {
         let sshd = try SSHServer()
         let echo = try EchoServer()
         let port = TCP.freePort()
-        let tunneld = try TunneldProcess(stanzas: ["soak": stanza("soak", port: port, via: sshd, target: echo.port)])
+        let tunneld = try TunneldProcess(stanzas: ["soak": stanza("soak", port: port, via: sshd, target: echo.port, extra: "    sessions = 1")])
         XCTAssertEqual(try TCP.exchange(port: port, [0]), [0])
         Thread.sleep(forTimeInterval: 0.2)
         let baselineFDs = openDescriptors(of: tunneld.pid)

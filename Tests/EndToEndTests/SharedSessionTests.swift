@@ -183,6 +183,7 @@ final class SharedSessionTests: SSHTestCase {
             sshd.killSessions()
         }
         XCTAssertEqual(group.wait(timeout: .now() + 60), .success)
+        print("churn outcomes: \(outcomes.all)")
         XCTAssertEqual(failures.all, [])
         XCTAssertGreaterThan(outcomes.count("whole"), 100, "most exchanges complete: \(outcomes.all)")
         XCTAssertTrue(tunneld.isRunning)
@@ -213,6 +214,30 @@ final class SharedSessionTests: SSHTestCase {
         XCTAssertEqual(failures.all, [], tunneld.log)
         XCTAssertEqual(sshd.acceptedLogins, 1, "one session carried them all")
         XCTAssertTrue(tunneld.waitForLog("result=ok", count: 4, timeout: 5), tunneld.log)
+    }
+
+    func test05_ConnectionsSpreadOverAtMostSessionsPerServer() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: echo.port, extra: "    sessions = 2")])
+        let failures = FailureList()
+        let group = DispatchGroup()
+        for index in 0..<16 {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                let bytes = randomBytes((4 << 20) + index)
+                do {
+                    if try TCP.exchange(port: port, bytes, timeout: 60) != bytes { failures.append("client \(index): bytes differ") }
+                } catch {
+                    failures.append("client \(index): \(error)")
+                }
+            }.start()
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 90), .success)
+        XCTAssertEqual(failures.all, [], tunneld.log)
+        XCTAssertEqual(sshd.acceptedLogins, 2, "16 busy connections spread over the 2 sessions allowed")
+        let status = try runProgram(TunneldProcess.binary, ["status", "--json", "--socket", tunneld.directory.file("control.sock")])
+        XCTAssertTrue(status.output.contains("\"sessionsUp\" : 2"), status.output)
     }
 
     private func readLine(_ fd: Int32) throws -> String {

@@ -30,7 +30,7 @@ final class TunnelTests: SSHTestCase {
     }
 
     func test02_200ConcurrentClientsShareOneSession() throws {
-        let (tunneld, port) = try startTunneld()
+        let (tunneld, port) = try startTunneld("    sessions        = 1")
         let clients = 200
         let group = DispatchGroup()
         let failures = FailureList()

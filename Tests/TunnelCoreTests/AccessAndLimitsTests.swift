@@ -58,7 +58,7 @@ final class ConnectionLimitsTests: XCTestCase {
         let limits = limits(instances: 2)
         XCTAssertNil(limits.admit(source: "a"))
         XCTAssertNil(limits.admit(source: "b"))
-        XCTAssertEqual(limits.admit(source: "c"), "instances")
+        XCTAssertEqual(limits.admit(source: "c"), .instances)
         limits.release(source: "a")
         XCTAssertNil(limits.admit(source: "c"))
     }
@@ -66,7 +66,7 @@ final class ConnectionLimitsTests: XCTestCase {
     func testPerSourceCountsEachAddress() {
         let limits = limits(perSource: 1)
         XCTAssertNil(limits.admit(source: "a"))
-        XCTAssertEqual(limits.admit(source: "a"), "per_source")
+        XCTAssertEqual(limits.admit(source: "a"), .perSource)
         XCTAssertNil(limits.admit(source: "b"))
         limits.release(source: "a")
         XCTAssertNil(limits.admit(source: "a"))
@@ -77,7 +77,7 @@ final class ConnectionLimitsTests: XCTestCase {
         let start = ContinuousClock.now
         XCTAssertNil(limits.admit(source: "a", now: start))
         XCTAssertNil(limits.admit(source: "a", now: start + .milliseconds(100)))
-        XCTAssertEqual(limits.admit(source: "a", now: start + .milliseconds(200)), "cps")
+        XCTAssertEqual(limits.admit(source: "a", now: start + .milliseconds(200)), .cps)
         XCTAssertNotNil(limits.pause(at: start + .seconds(3)))
         XCTAssertNil(limits.pause(at: start + .seconds(6)))
         XCTAssertNil(limits.admit(source: "a", now: start + .seconds(6)))

@@ -23,7 +23,7 @@ final class ServiceStatsTests: XCTestCase {
     func testOutcomesReadAsTheLogSaysThem() {
         XCTAssertEqual("\(ConnectionOutcome.ok)", "ok")
         XCTAssertEqual("\(ConnectionOutcome.refused("connect failed"))", "refused: connect failed")
-        XCTAssertEqual("\(ConnectionOutcome.limit("per_source"))", "limit: per_source")
+        XCTAssertEqual("\(ConnectionOutcome.limit(.perSource))", "limit: per_source")
         XCTAssertNil(ConnectionOutcome.clientError("Broken pipe").refusalKind)
     }
 }

@@ -23,11 +23,12 @@ final class SessionSettingsTests: XCTestCase {
         XCTAssertEqual(settings.silenceLimit, 15)
     }
 
-    func testAnIdleSessionGetsAShortOpenBound() {
+    func testAClientWaitingOnAQuietSessionGetsAShortProbeBound() {
         let a = service("a", linger: 5, persistent: false, keepalive: Keepalive(), timeout: 10)
         let settings = SessionSettings(key: a.sessionKey, services: [a])
-        XCTAssertEqual(settings.openTimeout(sessionWasIdle: true), 3)
-        XCTAssertEqual(settings.openTimeout(sessionWasIdle: false), 10)
+        XCTAssertEqual(settings.urgentProbeBound, 3)
+        XCTAssertEqual(settings.openTimeout, 10)
+        XCTAssertEqual(settings.maxSessions, 4)
     }
 
     func testHostKeyAlgorithmsAreThoseLibSSH2CanCheckInKnownHostsOrder() {

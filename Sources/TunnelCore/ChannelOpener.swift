@@ -1,0 +1,189 @@
+import SSHTransport
+import TunnelConfig
+
+/// The channel opens of one session: a queue, and at most one open under way, because
+/// libssh2 1.10 keeps the state of an open in the session (a second open would complete the
+/// first and return *its* channel).
+///
+/// Each client's open has its own deadline. When it passes, that client alone ends; the
+/// open itself cannot be cancelled, so it stays under way, abandoned: a late confirmation's
+/// channel is handed back to be freed, a late refusal is ignored. Nothing here decides
+/// whether the session is alive: that is the keepalive's job, not one slow target's.
+struct ChannelOpener {
+    /// What an open is for.
+    enum Request {
+        case client(Connection)
+        /// A channel open the server refuses at once, to learn that it is alive.
+        case probe
+    }
+
+    /// What progress produced, for the event loop to act on.
+    enum Event {
+        /// The client's channel is open.
+        case opened(Connection, any TunnelChannel)
+        /// The server refused the client's channel.
+        case refused(Connection, reason: String)
+        /// The client's deadline passed before its channel opened.
+        case expired(Connection, reason: String)
+        /// An abandoned open was confirmed after all: free this channel.
+        case late(any TunnelChannel)
+        /// The server answered a probe.
+        case probeAnswered
+    }
+
+    /// The open under way.
+    struct Open {
+        var request: Request
+        var startedAt: ContinuousClock.Instant
+        /// Its client was given up; the open goes on until the server or libssh2 ends it.
+        var isAbandoned = false
+    }
+
+    private(set) var queue: [Request] = []
+    private(set) var current: Open?
+    let openTimeout: Double
+    let window: UInt32
+
+    init(openTimeout: Double, window: UInt32 = 2 << 20) {
+        self.openTimeout = openTimeout
+        self.window = window
+    }
+
+    /// Queues a client's open; its deadline is `openTimeout` from now.
+    mutating func enqueue(_ connection: Connection, now: ContinuousClock.Instant) {
+        connection.openDeadline = now + Duration(seconds: openTimeout)
+        queue.append(.client(connection))
+    }
+
+    /// Queues a probe, unless one is queued or under way.
+    mutating func enqueueProbe() {
+        guard !hasProbe else { return }
+        queue.append(.probe)
+    }
+
+    /// Whether a probe is queued or under way.
+    var hasProbe: Bool {
+        if let current, case .probe = current.request { return true }
+        return queue.contains { if case .probe = $0 { return true } else { return false } }
+    }
+
+    /// Whether any client waits for a channel (abandoned opens do not count).
+    var hasClients: Bool { clientCount > 0 }
+
+    /// How many clients wait for a channel.
+    var clientCount: Int {
+        var count = queue.reduce(0) { count, request in
+            if case .client = request { return count + 1 }
+            return count
+        }
+        if let current, !current.isAbandoned, case .client = current.request { count += 1 }
+        return count
+    }
+
+    /// Since when the open under way has waited, if one is.
+    var busySince: ContinuousClock.Instant? { current?.startedAt }
+
+    /// The clients still queued (not the one under way), taken out to go elsewhere.
+    mutating func takeQueuedClients() -> [Connection] {
+        var taken: [Connection] = []
+        queue.removeAll { request in
+            guard case .client(let connection) = request else { return false }
+            taken.append(connection)
+            return true
+        }
+        return taken
+    }
+
+    /// Every client that has no channel yet, taken out (the session is ending). The open
+    /// under way is forgotten.
+    mutating func takeAllClients() -> [Connection] {
+        var taken = takeQueuedClients()
+        if let current, !current.isAbandoned, case .client(let connection) = current.request {
+            taken.insert(connection, at: 0)
+        }
+        current = nil
+        queue.removeAll()
+        return taken
+    }
+
+    /// The earliest client deadline, for the loop's poll timeout.
+    var nextDeadline: ContinuousClock.Instant? {
+        var deadlines = queue.compactMap { request -> ContinuousClock.Instant? in
+            if case .client(let connection) = request { return connection.openDeadline }
+            return nil
+        }
+        if let current, !current.isAbandoned, case .client(let connection) = current.request, let deadline = connection.openDeadline {
+            deadlines.append(deadline)
+        }
+        return deadlines.min()
+    }
+
+    /// Starts queued opens and collects answers, one open at a time, until the session would
+    /// block; then ends the clients whose deadline passed. Throws only when the session failed.
+    mutating func progress(on session: any TunnelSession, now: ContinuousClock.Instant) throws -> [Event] {
+        var events: [Event] = []
+        while true {
+            if current == nil {
+                guard !queue.isEmpty else { break }
+                // `now` is read by the caller just before this call, not at the start of
+                // the pass: bytes taken in earlier in the pass are no answer to this open.
+                current = Open(request: queue.removeFirst(), startedAt: now)
+            }
+            guard let open = current else { break }
+            switch open.request {
+            case .probe:
+                guard try session.probe() != nil else { return events + expire(now: now) }
+                current = nil
+                events.append(.probeAnswered)
+            case .client(let connection):
+                do {
+                    guard let channel = try session.openChannel(to: connection.service.target, from: connection.peer, window: window) else {
+                        return events + expire(now: now)
+                    }
+                    current = nil
+                    events.append(open.isAbandoned ? .late(channel) : .opened(connection, channel))
+                } catch let failure as ChannelOpenFailure {
+                    current = nil
+                    guard !open.isAbandoned else { continue }
+                    switch failure {
+                    case .refused(let reason):
+                        events.append(.refused(connection, reason: reason))
+                    case .unanswered:
+                        events.append(.expired(connection, reason: unansweredReason))
+                    }
+                }
+            }
+        }
+        return events + expire(now: now)
+    }
+
+    private var unansweredReason: String {
+        "the server did not answer the channel open within \(openTimeout.secondsText) s"
+    }
+
+    /// Ends the clients whose deadline passed: the one under way is abandoned, queued ones
+    /// leave the queue.
+    private mutating func expire(now: ContinuousClock.Instant) -> [Event] {
+        var events: [Event] = []
+        if var open = current, !open.isAbandoned, case .client(let connection) = open.request,
+           let deadline = connection.openDeadline, now >= deadline {
+            open.isAbandoned = true
+            current = open
+            events.append(.expired(connection, reason: unansweredReason))
+        }
+        let busyReason = "no channel could be opened within \(openTimeout.secondsText) s: the session was busy"
+        queue.removeAll { request in
+            guard case .client(let connection) = request, let deadline = connection.openDeadline, now >= deadline else { return false }
+            events.append(.expired(connection, reason: busyReason))
+            return true
+        }
+        return events
+    }
+}
+
+extension Double {
+    /// Seconds as a short text: `3`, `0.5`.
+    var secondsText: String {
+        self == rounded() ? String(Int(self)) : String(self)
+    }
+}

@@ -1,0 +1,50 @@
+import Glibc
+
+/// Reads and writes on non-blocking descriptors: the one place where EINTR is retried and
+/// EAGAIN becomes "would block".
+enum DescriptorIO {
+    enum ReadResult: Equatable {
+        case bytes(Int)
+        case endOfFile
+        case wouldBlock
+        case failed(Int32)
+    }
+
+    enum WriteResult: Equatable {
+        case wrote(Int)
+        case wouldBlock
+        case failed(Int32)
+    }
+
+    /// Reads once into `buffer`.
+    static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
+        while true {
+            let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if count > 0 { return .bytes(count) }
+            if count == 0 { return .endOfFile }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return .wouldBlock
+            default: return .failed(errno)
+            }
+        }
+    }
+
+    /// Writes as much of `bytes` as the descriptor takes now.
+    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> WriteResult {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written >= 0 {
+                offset += written
+                continue
+            }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return offset > 0 ? .wrote(offset) : .wouldBlock
+            default: return offset > 0 ? .wrote(offset) : .failed(errno)
+            }
+        }
+        return .wrote(offset)
+    }
+}
