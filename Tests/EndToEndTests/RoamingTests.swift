@@ -80,9 +80,15 @@ final class RoamingTests: XCTestCase {
         return reason.isEmpty ? nil : reason
     }
 
-    /// Asserts a mail went through (banner, transaction, 221) and arrived at the SMTP server.
+    /// Asserts a mail went through (banner, transaction, 221); the message shows the
+    /// connection's own log line and whether the laptop reaches sshd without tunneld.
     private func assertDelivered(_ mail: MailAttempt, _ phase: String, file: StaticString = #filePath, line: UInt = #line) {
-        XCTAssertEqual(mail.outcome, .delivered, "\(phase): the mail should go through; \(mail)\n\(network.laptopState)\(logTail)", file: file, line: line)
+        guard mail.outcome != .delivered else { return }
+        XCTFail("""
+            \(phase): the mail should go through; \(mail)
+            its log line: \(logLine(for: mail) ?? "<none>")
+            the network itself: sshd greets the laptop with \(network.laptopGreeting(fromServerPort: sshd.port)); \(network.laptopState)\(logTail)
+            """, file: file, line: line)
     }
 
     /// Asserts a mail was refused cleanly within the offline limit, with a reason in its log line.
@@ -101,6 +107,15 @@ final class RoamingTests: XCTestCase {
         let limit = cold.seconds + Self.roamingAllowance
         XCTAssertLessThanOrEqual(mail.seconds, limit,
                                  "\(phase): took \(mail.secondsText) s, target ≤ cold \(cold.secondsText) s + \(Self.roamingAllowance) s = \(String(format: "%.3f", limit)) s; \(mail)\(logTail)", file: file, line: line)
+    }
+
+    /// Throws unless the laptop reaches sshd directly, so that a refused mail right after the
+    /// link comes back is tunneld's doing, not the test network's (costs ~10 ms).
+    private func assertLaptopReachesServer() throws {
+        let greeting = network.laptopGreeting(fromServerPort: sshd.port)
+        guard greeting.hasPrefix("SSH-") else {
+            throw TCP.Failure(description: "test network: the laptop does not reach sshd after the link came back: \(greeting); \(network.laptopState)")
+        }
     }
 
     /// Records a phase's measurement in the test output, where the report picks it up.
@@ -147,6 +162,7 @@ final class RoamingTests: XCTestCase {
         // DESIGN.md §1 allows between connects, so tunneld has no excuse to wait.
         Thread.sleep(forTimeInterval: 1.2)
         try network.setLaptopLink(up: true)
+        try assertLaptopReachesServer()
         let back = try client.send()
         report("4 first mail after the link is back", back)
         assertAsFastAsCold(back, cold: cold, "first mail after the link is back")
@@ -179,12 +195,10 @@ final class RoamingTests: XCTestCase {
         // Back online more than ~1 s after the last failed connect, inside today's 2 s backoff.
         Thread.sleep(forTimeInterval: 1.2)
         try network.setLaptopLink(up: true)
+        try assertLaptopReachesServer()
         let back = try client.send()
         report("cache: first mail after the link is back", back)
         assertAsFastAsCold(back, cold: cold, "first mail after the link is back (not refused from the cached failure)")
-        if let line = logLine(for: back), back.outcome != .delivered {
-            print("roaming: cache: its log line: \(line)")
-        }
     }
 }
 

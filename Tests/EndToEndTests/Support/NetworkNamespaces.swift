@@ -105,6 +105,16 @@ final class NetworkNamespaces {
         }
     }
 
+    /// The first line the server's `port` sends to a TCP client on the laptop (sshd's
+    /// `SSH-2.0-…` version line), or an explanation of why none came within 3 s. Tests use it
+    /// to show that the network itself works when tunneld does not.
+    func laptopGreeting(fromServerPort port: UInt16) -> String {
+        let script = "exec 3<>/dev/tcp/\(Self.serverAddress)/\(port) && head -n 1 <&3"
+        let command = exec(in: laptop) + ["/usr/bin/timeout", "3", "/bin/bash", "-c", script]
+        guard let result = try? runProgram(command[0], Array(command.dropFirst()), timeout: 10) else { return "(could not run bash)" }
+        return result.status == 0 ? result.output.trimmed : "(no greeting, status \(result.status): \(result.error.trimmed))"
+    }
+
     /// What the laptop's link, addresses and routes look like now, for failure messages.
     var laptopState: String {
         let link = (try? Self.ip(["-n", laptop, "-br", "link", "show", "dev", Self.laptopLink])) ?? "?"
