@@ -271,7 +271,7 @@ final class MailClient {
     }
 
     private static let source = #"""
-        import json, smtplib, socket, sys, time
+        import json, smtplib, sys, time
 
         host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
         banner_only = len(sys.argv) > 4
@@ -297,13 +297,13 @@ final class MailClient {
             client.quit()
             result["stage"] = "done"
             result["outcome"] = "delivered"
-        except (smtplib.SMTPServerDisconnected, ConnectionResetError) as error:
+        except (smtplib.SMTPServerDisconnected, ConnectionResetError, TimeoutError) as error:
             result["error"] = "%s: %s" % (type(error).__name__, error)
-            if result["stage"] == "banner":
+            # smtplib reports a read that timed out as SMTPServerDisconnected too.
+            if isinstance(error, TimeoutError) or isinstance(error.__context__, TimeoutError):
+                result["outcome"] = "timed-out"
+            elif result["stage"] == "banner":
                 result["outcome"] = "closed-before-banner"
-        except socket.timeout as error:
-            result["error"] = "timeout: %s" % error
-            result["outcome"] = "timed-out"
         except Exception as error:
             result["error"] = "%s: %s" % (type(error).__name__, error)
         result["seconds"] = time.monotonic() - started
