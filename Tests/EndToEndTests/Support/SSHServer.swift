@@ -2,9 +2,9 @@ import Foundation
 import Glibc
 import XCTest
 
-/// A real OpenSSH sshd on 127.0.0.1 at a free port, with a throwaway host key and one user
-/// key, logging at VERBOSE to a file the tests read. Root or not: it logs in as the account
-/// that runs the tests.
+/// A real OpenSSH sshd on 127.0.0.1 (or `listenAddress`) at a free port, with a throwaway host
+/// key and one user key, logging at VERBOSE to a file the tests read. Root or not: it logs in
+/// as the account that runs the tests.
 final class SSHServer {
     let directory: ScratchDirectory
     let port: UInt16
@@ -14,12 +14,21 @@ final class SSHServer {
     let knownHosts: String
     let logFile: String
     let user: String
+    /// The address it listens on, as clients (and known_hosts) name it.
+    let listenAddress: String
+    /// A program prefix sshd runs under, e.g. `ip netns exec NS`.
+    private let commandPrefix: [String]
     private var process: ChildProcess?
     private var keyOptions: String
 
     /// - `keyOptions`: `authorized_keys` options for the user key, e.g. `restrict,port-forwarding,permitopen="…"`.
     /// - `extraConfig`: more sshd_config lines, e.g. `RekeyLimit 1M`.
-    init(keyOptions: String = "", extraConfig: String = "") throws {
+    /// - `listenAddress`: an IPv4 address to listen on instead of 127.0.0.1.
+    /// - `commandPrefix`: a program and arguments that run sshd, e.g. `ip netns exec NS`; with
+    ///   one, readiness is judged from sshd's log, since its address may not be reachable from here.
+    init(keyOptions: String = "", extraConfig: String = "", listenAddress: String = "127.0.0.1", commandPrefix: [String] = []) throws {
+        self.listenAddress = listenAddress
+        self.commandPrefix = commandPrefix
         directory = ScratchDirectory("sshd")
         port = TCP.freePort()
         user = String(cString: getpwuid(geteuid()).pointee.pw_name)
@@ -32,7 +41,7 @@ final class SSHServer {
         try writeAuthorizedKeys(options: keyOptions)
         if geteuid() == 0 { try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true) }
         directory.write("sshd_config", """
-            ListenAddress 127.0.0.1:\(port)
+            ListenAddress \(listenAddress):\(port)
             HostKey \(directory.file("host_ed25519"))
             AuthorizedKeysFile \(directory.file("authorized_keys"))
             PidFile none
@@ -61,7 +70,7 @@ final class SSHServer {
         try? FileManager.default.removeItem(atPath: hostKey + ".pub")
         try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "tunneld-test-host", "-f", hostKey])
         let publicKey = try String(contentsOfFile: hostKey + ".pub", encoding: .utf8).split(separator: " ")
-        directory.write("known_hosts", "[127.0.0.1]:\(port) \(publicKey[0]) \(publicKey[1])\n")
+        directory.write("known_hosts", "[\(listenAddress)]:\(port) \(publicKey[0]) \(publicKey[1])\n")
     }
 
     /// The host key's `SHA256:` fingerprint.
@@ -78,8 +87,11 @@ final class SSHServer {
     /// Starts sshd and waits until it accepts connections.
     func start() throws {
         let sshd = FileManager.default.isExecutableFile(atPath: "/usr/sbin/sshd") ? "/usr/sbin/sshd" : "/usr/bin/sshd"
-        process = try ChildProcess(sshd, ["-D", "-f", directory.file("sshd_config"), "-E", logFile])
+        let listening = log.components(separatedBy: "Server listening on").count - 1
+        let command = commandPrefix + [sshd, "-D", "-f", directory.file("sshd_config"), "-E", logFile]
+        process = try ChildProcess(command[0], Array(command.dropFirst()))
         let up = waitUntil(timeout: 10) {
+            if !commandPrefix.isEmpty { return log.components(separatedBy: "Server listening on").count - 1 > listening }
             guard let fd = try? TCP.connect(port: port, timeout: 1) else { return false }
             close(fd)
             return true

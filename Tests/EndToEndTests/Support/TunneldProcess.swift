@@ -97,7 +97,7 @@ func stanza(_ name: String, port: UInt16, via sshd: SSHServer, target: UInt16, e
     service \(name)
     {
         port            = \(port)
-        server          = \(sshd.user)@127.0.0.1:\(sshd.port)
+        server          = \(sshd.user)@\(sshd.listenAddress):\(sshd.port)
         server_args     = 127.0.0.1 \(target)
         identity        = \(sshd.userKey)
         identity_agent  = none
