@@ -7,8 +7,8 @@ import Foundation
 final class NetworkWatcher: @unchecked Sendable {
     /// Message groups: links, IPv4 and IPv6 addresses and routes.
     private static let groups: UInt32 = 0x1 | 0x10 | 0x40 | 0x100 | 0x400
-    /// Changes closer together than this are one change (a DHCP lease brings several).
-    private static let settle: Int32 = 200
+    /// Changes closer together than this are one change (a link going down brings several).
+    private static let settle: Int32 = 30
 
     private let onChange: @Sendable () -> Void
 

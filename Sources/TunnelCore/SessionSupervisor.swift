@@ -246,6 +246,8 @@ final class SessionSupervisor: @unchecked Sendable {
             if let suspicion {
                 if let local = Socket.localAddress(of: socket), !suspicion.contains(local) {
                     loop.die(because: "this machine no longer has the address \(local) the session used")
+                } else if !Socket.hasRoute(toPeerOf: socket) {
+                    loop.die(because: "no route to the server: the network is down")
                 } else {
                     loop.markSuspect()
                 }

@@ -159,6 +159,24 @@ enum Socket {
         return endpoint(of: storage).host
     }
 
+    /// Whether this machine has a route to the peer of the connected socket `fd` now: a UDP
+    /// socket is connected to the same address, which looks the route up and sends nothing.
+    static func hasRoute(toPeerOf fd: Int32) -> Bool {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+        }
+        guard named == 0 else { return false }
+        let probe = Glibc.socket(Int32(storage.ss_family), Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard probe >= 0 else { return true }
+        defer { Glibc.close(probe) }
+        let connected = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(probe, $0, length) }
+        }
+        return connected == 0 || (errno != ENETUNREACH && errno != EHOSTUNREACH)
+    }
+
     /// The numeric addresses configured on this machine's interfaces now.
     static func localAddresses() -> Set<String> {
         var list: UnsafeMutablePointer<ifaddrs>?
