@@ -7,20 +7,23 @@ struct SuspendDetector: Sendable {
     static let threshold: Int64 = 1_000_000_000
 
     private var lastOffset: Int64
+    private let readOffset: @Sendable () -> Int64
 
-    init() {
-        lastOffset = Self.offset()
+    /// - `readOffset`: nanoseconds spent suspended since boot (tests pass their own).
+    init(readOffset: @escaping @Sendable () -> Int64 = SuspendDetector.offset) {
+        self.readOffset = readOffset
+        lastOffset = readOffset()
     }
 
     /// Whether a suspend happened since the last call.
     mutating func resumedFromSuspend() -> Bool {
-        let offset = Self.offset()
+        let offset = readOffset()
         defer { lastOffset = offset }
         return offset - lastOffset >= Self.threshold
     }
 
     /// Nanoseconds spent suspended since boot.
-    static func offset() -> Int64 {
+    @Sendable static func offset() -> Int64 {
         nanoseconds(CLOCK_BOOTTIME) - nanoseconds(CLOCK_MONOTONIC)
     }
 
