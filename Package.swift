@@ -23,7 +23,8 @@ let package = Package(
         // The libssh2 wrapper: sessions, channels, host keys, authentication.
         .target(
             name: "SSHTransport",
-            dependencies: ["CLibSSH2", "TunnelConfig"]
+            dependencies: ["CLibSSH2", "TunnelConfig"],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         // Listeners, session pool, event loops and the byte pump.
         .target(
@@ -31,7 +32,8 @@ let package = Package(
             dependencies: [
                 "TunnelConfig", "SSHTransport",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .executableTarget(
             name: "tunneld",

@@ -4,7 +4,7 @@ import TunnelConfig
 /// A service's `instances`, `per_source` and `cps` limits, as xinetd defines them, with the
 /// counts of live connections they are checked against. Used from the listener thread (admit)
 /// and the session threads (release), so every access takes the lock.
-final class ConnectionLimits {
+final class ConnectionLimits: @unchecked Sendable {
     private let lock = NSLock()
     private var instances: Int?
     private var perSource: Int?

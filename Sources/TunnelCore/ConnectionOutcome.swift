@@ -1,6 +1,6 @@
 
 /// How a connection ended, as the `result` field of its log line says it.
-enum ConnectionOutcome: CustomStringConvertible {
+enum ConnectionOutcome: CustomStringConvertible, Sendable {
     /// Both directions finished cleanly.
     case ok
     /// The SSH server refused the channel (e.g. `administratively prohibited`).

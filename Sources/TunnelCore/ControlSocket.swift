@@ -4,10 +4,10 @@ import Glibc
 /// The daemon's Unix control socket (mode 0600): a client sends one line (`status`,
 /// `status json`, `reconnect [SERVICE…]`) and reads the answer until the daemon closes the
 /// connection.
-final class ControlSocket {
+final class ControlSocket: @unchecked Sendable {
     let path: String
     private let fd: Int32
-    private let respond: (String) -> String
+    private let respond: @Sendable (String) -> String
 
     /// Where the socket lives when the configuration does not say: /run/tunneld as root,
     /// else $XDG_RUNTIME_DIR, else /tmp.
@@ -18,7 +18,7 @@ final class ControlSocket {
     }
 
     /// Binds `path`, replacing a stale socket file but not a live daemon's.
-    init(path: String, respond: @escaping (String) -> String) throws {
+    init(path: String, respond: @escaping @Sendable (String) -> String) throws {
         self.path = path
         self.respond = respond
         let directory = (path as NSString).deletingLastPathComponent

@@ -5,7 +5,7 @@ import TunnelConfig
 
 /// The accept loop: one thread polls every service's listening socket and hands each new
 /// client to the session pool. The set of sockets can change while it runs (reload).
-final class Listener {
+final class Listener: @unchecked Sendable {
     /// A bound, listening socket and the service it serves. The listener owns the socket.
     struct Endpoint {
         let fd: Int32

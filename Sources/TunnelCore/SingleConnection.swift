@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 import TunnelConfig
 
 /// Carries one connection outside the daemon, through the same session code: standard input
@@ -47,9 +48,9 @@ public enum SingleConnection {
         let pool = SessionPool(services: [oneShot], logger: logger)
         let connection = Connection(client: client, peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats())
         let done = DispatchSemaphore(value: 0)
-        var result = ConnectionOutcome.shutdown
+        let result = Mutex(ConnectionOutcome.shutdown)
         connection.onFinish = { outcome in
-            result = outcome
+            result.withLock { $0 = outcome }
             done.signal()
         }
         connection.stats.connectionStarted()
@@ -60,6 +61,6 @@ public enum SingleConnection {
         while pool.hasLiveLoops && ContinuousClock.now < deadline {
             usleep(5_000)
         }
-        return result
+        return result.withLock { $0 }
     }
 }
