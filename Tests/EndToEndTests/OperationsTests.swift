@@ -223,6 +223,53 @@ final class OperationsTests: SSHTestCase {
         XCTAssertTrue(table.output.contains("b refused: access 1"), table.output)
     }
 
+    func testReconnectReplacesASilentlyDeadSessionAndStatusShowsTheConnectError() throws {
+        let port = TCP.freePort()
+        let downPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "a": stanza("a", port: port, via: sshd, target: echo.port, extra: "    keepalive = 60 3"),
+            "down": """
+                service down
+                {
+                    port            = \(downPort)
+                    server          = nobody@127.0.0.1:\(TCP.freePort())
+                    server_args     = 127.0.0.1 9
+                    identity        = \(sshd.userKey)
+                    identity_agent  = none
+                    known_hosts     = \(sshd.knownHosts)
+                }
+
+                """,
+        ])
+        let socketPath = tunneld.directory.file("control.sock")
+        XCTAssertEqual(try TCP.exchange(port: port, Array("before".utf8)), Array("before".utf8))
+        // The server's side of the session freezes: without a hint, the next client would
+        // wait for keepalives (60 s here).
+        sshd.signalSessions(SIGSTOP)
+        defer { sshd.signalSessions(SIGCONT) }
+        let answer = try runProgram(TunneldProcess.binary, ["reconnect", "--socket", socketPath])
+        XCTAssertEqual(answer.status, 0, answer.error)
+        XCTAssertEqual(answer.output, "reconnecting 2 servers\n")
+        let started = Date()
+        XCTAssertEqual(try TCP.exchange(port: port, Array("after".utf8), timeout: 10), Array("after".utf8))
+        XCTAssertLessThan(Date().timeIntervalSince(started), 1.5, "the client gets a fresh session, not the frozen one")
+        XCTAssertTrue(tunneld.waitForLog("no answer from the server within 3 s", timeout: 5), "the frozen session ends: \(tunneld.log)")
+
+        let unknown = try runProgram(TunneldProcess.binary, ["reconnect", "--socket", socketPath, "nosuch"])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.error.contains("no service named nosuch"), unknown.error)
+
+        // A server that cannot be reached: its last error, when, and (for clients) no retry loop.
+        let fd = try TCP.connect(port: downPort)
+        XCTAssertEqual(try TCP.readAll(fd), [])
+        close(fd)
+        let table = try runProgram(TunneldProcess.binary, ["status", "--socket", socketPath])
+        XCTAssertTrue(table.output.contains("last failed to connect at "), table.output)
+        XCTAssertTrue(table.output.contains("Connection refused"), table.output)
+        tunneld.signal(SIGUSR1)
+        XCTAssertTrue(tunneld.waitForLog("services=all", count: 2, timeout: 5), tunneld.log)
+    }
+
     func testSystemdNotificationsAndSocketActivation() throws {
         let directory = ScratchDirectory("notify")
         let notifyPath = directory.file("notify.sock")
