@@ -85,43 +85,19 @@ final class SessionPool: @unchecked Sendable {
             guard !state.isStopping else { return .refuse("tunneld is stopping") }
             let key = connection.service.sessionKey
             guard let server = state.servers[key] else { return .refuse("no session settings for this service") }
-            let candidates = server.supervisors.filter { $0 !== avoiding }
-            let gauges = candidates.map { ($0, $0.gauge) }.filter { $0.1.phase != .retired }
-
-            // A session that is up, not suspect, and whose open is not stuck, least loaded first.
-            let ready = gauges.filter { _, gauge in
-                gauge.phase == .up && !gauge.isSuspect && !(gauge.busySince.map { now - $0 >= SessionSettings.stuckOpenBound } ?? false)
+            let supervisors = server.supervisors
+            let route = SessionRouter.route(
+                supervisors.map(\.gauge), avoiding: supervisors.firstIndex { $0 === avoiding },
+                maxSessions: server.settings.maxSessions, refusal: server.backoff.refusal(now: now), now: now)
+            switch route {
+            case .session(let index):
+                if supervisors[index].enqueue(connection) { return .enqueued }
+            case .refuse(let reason):
+                return .refuse(reason)
+            case .startSession:
+                break
             }
-            let count = server.supervisors.filter { $0.gauge.phase != .retired }.count
-            let room = count < server.settings.maxSessions
-            if let best = ready.min(by: { $0.1.load < $1.1.load }), best.1.load < SessionSettings.spreadThreshold || !room || server.backoff.refusal(now: now) != nil {
-                if best.0.enqueue(connection) { return .enqueued }
-            }
-            // A connect under way: wait for it.
-            for (supervisor, gauge) in gauges where gauge.phase == .connecting {
-                if supervisor.enqueue(connection) { return .enqueued }
-            }
-            // Connecting again within a second of a failure is refused, with its reason.
-            if let refusal = server.backoff.refusal(now: now) {
-                if let best = ready.min(by: { $0.1.load < $1.1.load }), best.0.enqueue(connection) { return .enqueued }
-                return .refuse(refusal)
-            }
-            // A persistent session waiting out its backoff connects at once for a client.
-            for (supervisor, gauge) in gauges where gauge.phase == .backingOff {
-                if supervisor.enqueue(connection) { return .enqueued }
-            }
-            // Another session, if there is room, or if every one is suspect (a race between
-            // a fresh session and the old one's probe).
-            let allSuspect = !gauges.isEmpty && gauges.allSatisfy { $0.1.isSuspect }
-            if room || allSuspect || gauges.isEmpty {
-                let supervisor = makeSupervisor(for: key, persistent: false, in: &state)
-                _ = supervisor.enqueue(connection)
-                return .start(supervisor)
-            }
-            // Every session is busy: the least loaded takes it, in turn.
-            let fallback = ready.min(by: { $0.1.load < $1.1.load }) ?? gauges.min(by: { $0.1.load < $1.1.load })
-            if let fallback, fallback.0.enqueue(connection) { return .enqueued }
-            if let avoiding, avoiding.enqueue(connection) { return .enqueued }
+            // A new session; also when the chosen one retired a moment ago.
             let supervisor = makeSupervisor(for: key, persistent: false, in: &state)
             _ = supervisor.enqueue(connection)
             return .start(supervisor)
