@@ -22,18 +22,13 @@ struct OutgoingBuffer {
 
     /// Writes as much as the non-blocking socket takes. Returns `errno` on a hard error.
     mutating func flush(to socket: Int32) -> Int32? {
-        while head < storage.count {
-            let sent = storage.withUnsafeBytes { bytes in
-                send(socket, bytes.baseAddress! + head, storage.count - head, Int32(MSG_NOSIGNAL))
-            }
-            if sent < 0 {
-                switch errno {
-                case EINTR: continue
-                case EAGAIN, EWOULDBLOCK: return nil
-                default: return errno
-                }
+        if head < storage.count {
+            let (sent, error) = storage.withUnsafeBytes { bytes in
+                Self.send(socket, bytes.baseAddress! + head, storage.count - head)
             }
             head += sent
+            if let error { return error }
+            if head < storage.count { return nil }
         }
         if storage.capacity > 1 << 20 {
             storage = []
@@ -42,5 +37,25 @@ struct OutgoingBuffer {
         }
         head = 0
         return nil
+    }
+
+    /// Sends as much of `length` bytes as the non-blocking socket takes now: the one place
+    /// where the session's socket writes retry EINTR and stop at EAGAIN. Returns how many
+    /// were sent, and `errno` on a hard error.
+    static func send(_ socket: Int32, _ bytes: UnsafeRawPointer, _ length: Int) -> (sent: Int, error: Int32?) {
+        var offset = 0
+        while offset < length {
+            let sent = Glibc.send(socket, bytes + offset, length - offset, Int32(MSG_NOSIGNAL))
+            if sent >= 0 {
+                offset += sent
+                continue
+            }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return (offset, nil)
+            default: return (offset, errno)
+            }
+        }
+        return (offset, nil)
     }
 }

@@ -73,17 +73,12 @@ public final class SSHSession {
         if let sendError { return -Int(sendError) }
         var offset = 0
         if outgoing.isEmpty {
-            while offset < length {
-                let sent = Glibc.send(socket, buffer + offset, length - offset, Int32(MSG_NOSIGNAL))
-                if sent >= 0 {
-                    offset += sent
-                    continue
-                }
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { break }
-                sendError = errno
-                return -Int(errno)
+            let (sent, error) = OutgoingBuffer.send(socket, buffer, length)
+            if let error {
+                sendError = error
+                return -Int(error)
             }
+            offset = sent
         }
         if offset < length {
             outgoing.append(UnsafeRawBufferPointer(start: buffer + offset, count: length - offset))
