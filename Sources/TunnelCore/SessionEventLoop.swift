@@ -145,6 +145,9 @@ final class SessionEventLoop {
                 try progressOpens()
             }
             if let ending = try checkLiveness() { return ending }
+            // The probes above may have read data for channels, or opened one: deliver it now.
+            try settle()
+            connections.removeAll { $0.isClosed }
             try session.flush()
         } catch {
             return die(Self.describe(error))

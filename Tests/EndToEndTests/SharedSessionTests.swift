@@ -143,10 +143,11 @@ final class SharedSessionTests: SSHTestCase {
         }
         _ = try exchange()
         var times: [Double] = []
-        for _ in 0..<20 { times.append(try exchange()) }
+        for _ in 0..<200 { times.append(try exchange()) }
         times.sort()
         let median = times[times.count / 2]
-        print(String(format: "server-first exchange through tunneld: median %.2f ms", median * 1000))
+        print(String(format: "server-first exchange through tunneld: median %.2f ms, slowest %.2f ms", median * 1000, times.last! * 1000))
+        XCTAssertLessThan(times.last!, 1.0, "no exchange waits for a timer")
         XCTAssertLessThan(median, 0.010, "banner, EHLO, QUIT through a warm session: no 40 ms delayed-ACK stall")
     }
 
