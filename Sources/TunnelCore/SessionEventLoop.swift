@@ -52,6 +52,10 @@ final class SessionEventLoop {
 
     var stopping = Stopping.no
 
+    /// Whether any client's channel opened on this session: a session that dies before
+    /// serving anyone counts as a failed connect.
+    private(set) var hasOpenedChannels = false
+
     /// Clients that had no channel yet when the session ended; the supervisor moves them on.
     private(set) var orphans: [Connection] = []
 
@@ -187,6 +191,7 @@ final class SessionEventLoop {
         for event in try opener.progress(on: session, now: clock()) {
             switch event {
             case .opened(let connection, let channel):
+                hasOpenedChannels = true
                 connection.channel = channel
                 connections.append(connection)
             case .refused(let connection, let reason):

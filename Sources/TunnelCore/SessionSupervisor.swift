@@ -211,6 +211,10 @@ final class SessionSupervisor: @unchecked Sendable {
             case .stopped:
                 continue
             case .died(let reason):
+                if !loop.hasOpenedChannels && ContinuousClock.now - started < .seconds(2) {
+                    // A server that drops sessions right after login must not be hammered.
+                    _ = pool.recordFailure(for: settings.key, reason: reason)
+                }
                 // Clients that had no channel yet get one more chance, on another session.
                 var waiting = loop.orphans
                 if !isPersistent { waiting += retire() }
