@@ -78,9 +78,9 @@ struct SessionConnector {
                 throw ConnectFailure(description: "unknown host key for \(key.server) and no known_hosts file to pin it in")
             }
             do {
-                try Self.append(line: line, to: file)
+                try KnownHosts.append(line: line, to: file)
             } catch {
-                throw ConnectFailure(description: "cannot pin the host key of \(key.server) in \(file): \(error)")
+                throw ConnectFailure(description: "cannot pin the host key of \(key.server): \(error)")
             }
             logger.notice("pinned new host key", metadata: [
                 "ssh.host": "\(key.server)", "host_key.fingerprint": "\(fingerprint)", "known_hosts": "\(file)",
@@ -93,26 +93,6 @@ struct SessionConnector {
         var value = text.trimmingCharacters(in: .whitespaces)
         while value.hasSuffix("=") { value.removeLast() }
         return value
-    }
-
-    private static func append(line: String, to path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        }
-        if !FileManager.default.fileExists(atPath: path) {
-            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o644])
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        defer { try? handle.close() }
-        let end = try handle.seekToEnd()
-        var text = line + "\n"
-        if end > 0 {
-            try handle.seek(toOffset: end - 1)
-            if let last = try handle.read(upToCount: 1), last != Data("\n".utf8) { text = "\n" + text }
-            try handle.seekToEnd()
-        }
-        try handle.write(contentsOf: Data(text.utf8))
     }
 
     // MARK: Authentication

@@ -1,0 +1,62 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// Host keys, key files and hostile text against a real sshd (issue 12).
+final class SecurityTests: SSHTestCase {
+    private let otherHost = "other.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleWZha2VrZXlmYWs="
+
+    private func startTunneld(_ extra: String = "") throws -> (TunneldProcess, UInt16) {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: echo.port, extra: extra)])
+        return (tunneld, port)
+    }
+
+    /// The client is closed without a byte: the tunnel refused it.
+    private func assertRefused(_ port: UInt16, file: StaticString = #filePath, line: UInt = #line) throws {
+        let fd = try TCP.connect(port: port)
+        defer { close(fd) }
+        XCTAssertEqual(try TCP.readAll(fd), [], file: file, line: line)
+    }
+
+    // MARK: host_key = accept-new
+
+    func test01_AcceptNewAppendsToAKnownHostsThatHoldsOtherHosts() throws {
+        for existing in [otherHost + "\n", otherHost] {
+            let path = sshd.knownHosts
+            FileManager.default.createFile(atPath: path, contents: Data(existing.utf8), attributes: [.posixPermissions: 0o600])
+            let (tunneld, port) = try startTunneld("    host_key        = accept-new")
+            XCTAssertEqual(try TCP.exchange(port: port, Array("pin".utf8)), Array("pin".utf8), tunneld.log)
+            let hostKey = try String(contentsOfFile: sshd.directory.file("host_ed25519.pub"), encoding: .utf8).split(separator: " ")
+            let pinned = "[127.0.0.1]:\(sshd.port) \(hostKey[0]) \(hostKey[1])"
+            XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), otherHost + "\n" + pinned + "\n", "the old line stays; the new one gets a line of its own")
+            var info = stat()
+            XCTAssertEqual(stat(path, &info), 0)
+            XCTAssertEqual(info.st_mode & 0o777, 0o600, "the file keeps its mode")
+            XCTAssertTrue(tunneld.log.contains("pinned new host key"), tunneld.log)
+            _ = tunneld.terminate()
+        }
+    }
+
+    func test02_AcceptNewDoesNotWriteThroughASymlinkOrIntoAnOpenDirectory() throws {
+        let real = sshd.directory.write("real_known_hosts", otherHost + "\n")
+        try FileManager.default.removeItem(atPath: sshd.knownHosts)
+        try FileManager.default.createSymbolicLink(atPath: sshd.knownHosts, withDestinationPath: real)
+        let (tunneld, port) = try startTunneld("    host_key        = accept-new")
+        try assertRefused(port)
+        XCTAssertTrue(tunneld.waitForLog("is a symbolic link", timeout: 3), tunneld.log)
+        XCTAssertTrue(tunneld.log.contains(sshd.knownHosts), "the message names the file: \(tunneld.log)")
+        XCTAssertFalse(tunneld.log.contains("NSCocoaErrorDomain"), tunneld.log)
+        XCTAssertEqual(try String(contentsOfFile: real, encoding: .utf8), otherHost + "\n", "the link's target is untouched")
+        XCTAssertEqual(echo.connectionCount, 0)
+        _ = tunneld.terminate()
+
+        let open = ScratchDirectory("open")
+        chmod(open.path, 0o777)
+        let file = open.file("known_hosts")
+        let (second, secondPort) = try startTunneld("    host_key        = accept-new\n    known_hosts     = \(file)")
+        try assertRefused(secondPort)
+        XCTAssertTrue(second.waitForLog("writable by group or others", timeout: 3), second.log)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: file))
+    }
+}
