@@ -18,21 +18,15 @@ struct SessionConnector {
     /// Returns an authenticated session, or throws `ConnectFailure` saying what went wrong.
     func connect() throws -> SSHSession {
         let deadline = ContinuousClock.now + .milliseconds(Int(connectTimeout * 1000))
-        let fd: Int32
         do {
-            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
-        } catch {
-            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
-        }
-        do {
-            let session = try SSHSession(socket: fd)
-            let knownHosts = KnownHosts.load(paths: key.knownHosts)
-            let known = knownHosts.keys(forHost: key.server.host, port: key.server.port)
-            if key.fingerprint == nil {
-                session.preferHostKeyAlgorithms(Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)))
+            let session: SSHSession
+            if let pinned = key.fingerprint {
+                session = try handshakeWithPinnedKey(pinned, by: deadline)
+            } else {
+                let known = KnownHosts.load(paths: key.knownHosts).keys(forHost: key.server.host, port: key.server.port)
+                session = try handshake(preferring: Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)), by: deadline)
+                try verifyHostKey(try session.hostKey(), known: known)
             }
-            try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
-            try verifyHostKey(try session.hostKey(), known: known)
             try authenticate(session, by: deadline)
             return session
         } catch let failure as ConnectFailure {
@@ -42,9 +36,54 @@ struct SessionConnector {
         }
     }
 
+    /// TCP connect and SSH handshake, offering `algorithms` for the host key (libssh2's own
+    /// preference when empty).
+    private func handshake(preferring algorithms: [String], by deadline: ContinuousClock.Instant) throws -> SSHSession {
+        let fd: Int32
+        do {
+            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
+        } catch {
+            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
+        }
+        let session = try SSHSession(socket: fd)
+        session.preferHostKeyAlgorithms(algorithms)
+        try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
+        return session
+    }
+
+    /// A session whose host key has the pinned fingerprint. A server with several host keys
+    /// shows one per handshake (the type libssh2 prefers), and libssh2 cannot ask again on
+    /// the same connection; so when the first key is not the pinned one, each other type is
+    /// asked for on a fresh connection, within the same deadline.
+    private func handshakeWithPinnedKey(_ pinned: String, by deadline: ContinuousClock.Instant) throws -> SSHSession {
+        let wanted = Self.normalizedFingerprint(pinned)
+        var seen: [HostKey] = []
+        for algorithm in [nil] + Self.allAlgorithms {
+            if let algorithm, seen.contains(where: { $0.algorithm == algorithm }) { continue }
+            guard algorithm == nil || ContinuousClock.now < deadline else { break }
+            let session: SSHSession
+            do {
+                session = try handshake(preferring: algorithm.map { [$0] } ?? [], by: deadline)
+            } catch {
+                // The first try fails like any connect; later ones mostly mean "no key of this type".
+                if algorithm == nil { throw error }
+                continue
+            }
+            let hostKey = try session.hostKey()
+            if hostKey.fingerprint == wanted { return session }
+            session.disconnect(reason: "host key is not the pinned one")
+            seen.append(hostKey)
+        }
+        let keys = seen.map { "\($0.algorithm) \($0.fingerprint)" }.joined(separator: ", ")
+        throw ConnectFailure(description: "host key of \(key.server) is \(keys), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
+    }
+
+    /// Every host key algorithm libssh2 1.10 can verify, most preferred first.
+    static let allAlgorithms = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+
     /// The host key algorithms libssh2 1.10 can verify, in the order known_hosts lists them.
     static func supportedAlgorithms(in keyTypes: [String]) -> [String] {
-        let supported: Set<String> = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+        let supported = Set(allAlgorithms)
         var seen = Set<String>()
         return keyTypes.filter { supported.contains($0) && seen.insert($0).inserted }
     }
@@ -53,12 +92,6 @@ struct SessionConnector {
 
     private func verifyHostKey(_ hostKey: HostKey, known: [KnownHostKey]) throws {
         let fingerprint = hostKey.fingerprint
-        if let pinned = key.fingerprint {
-            guard Self.normalizedFingerprint(pinned) == fingerprint else {
-                throw ConnectFailure(description: "host key of \(key.server) is \(hostKey.algorithm) \(fingerprint), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
-            }
-            return
-        }
         let line = KnownHosts.entryLine(host: key.server.host, port: key.server.port, keyType: hostKey.algorithm, key: hostKey.blob)
         if let match = known.first(where: { $0.keyType == hostKey.algorithm && $0.key == hostKey.blob }) {
             if match.isRevoked {

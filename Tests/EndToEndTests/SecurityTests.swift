@@ -59,4 +59,33 @@ final class SecurityTests: SSHTestCase {
         XCTAssertTrue(second.waitForLog("writable by group or others", timeout: 3), second.log)
         XCTAssertFalse(FileManager.default.fileExists(atPath: file))
     }
+
+    // MARK: fingerprint
+
+    /// Gives sshd an ecdsa host key beside its ed25519 one; returns both fingerprints.
+    private func addECDSAHostKey() throws -> (ed25519: String, ecdsa: String) {
+        let ecdsa = sshd.directory.file("host_ecdsa")
+        try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ecdsa", "-N", "", "-f", ecdsa])
+        let config = try String(contentsOfFile: sshd.directory.file("sshd_config"), encoding: .utf8)
+        sshd.stop()
+        sshd.directory.write("sshd_config", config.replacingOccurrences(of: "HostKey ", with: "HostKey \(ecdsa)\nHostKey "))
+        try sshd.start()
+        let printed = try runProgram("/usr/bin/ssh-keygen", ["-l", "-E", "sha256", "-f", ecdsa + ".pub"]).output
+        return (try sshd.hostKeyFingerprint(), String(printed.split(separator: " ")[1]))
+    }
+
+    func test03_APinnedFingerprintWorksWhateverKeyTypeTheServerPrefers() throws {
+        let fingerprints = try addECDSAHostKey()
+        FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data())
+        for pin in [fingerprints.ed25519, fingerprints.ecdsa] {
+            let (tunneld, port) = try startTunneld("    fingerprint     = \(pin)")
+            XCTAssertEqual(try TCP.exchange(port: port, Array("pinned".utf8)), Array("pinned".utf8), "pin \(pin): \(tunneld.log)")
+            _ = tunneld.terminate()
+        }
+        let wrong = "SHA256:" + String(repeating: "A", count: 43)
+        let (tunneld, port) = try startTunneld("    fingerprint     = \(wrong)")
+        try assertRefused(port)
+        XCTAssertTrue(tunneld.waitForLog("not the pinned fingerprint", timeout: 5), tunneld.log)
+        XCTAssertTrue(tunneld.log.contains(fingerprints.ed25519) && tunneld.log.contains(fingerprints.ecdsa), "every key the server has is named: \(tunneld.log)")
+    }
 }
