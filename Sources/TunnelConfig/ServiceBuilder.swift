@@ -303,12 +303,8 @@ struct ServiceBuilder {
                 error("identity", "identity \(path) does not exist; create a key with ssh-keygen -t ed25519 -f \(path), or fix the path")
                 continue
             }
-            guard info.st_mode & S_IFMT == S_IFREG else {
-                error("identity", "identity \(path) is not a regular file")
-                continue
-            }
-            if info.st_mode & 0o077 != 0 {
-                error("identity", "identity \(path) is readable by group or others; OpenSSH refuses such keys too: chmod 600 \(path)")
+            if let problem = PrivateFile.problem(path, attribute: "identity") {
+                error("identity", problem)
                 continue
             }
             guard let handle = FileHandle(forReadingAtPath: path) else {
@@ -329,8 +325,8 @@ struct ServiceBuilder {
             error(attribute, "\(attribute) \(path) does not exist")
             return
         }
-        if info.st_mode & 0o077 != 0 {
-            error(attribute, "\(attribute) \(path) is readable by group or others; chmod 600 \(path)")
+        if let problem = PrivateFile.problem(path, attribute: attribute) {
+            error(attribute, problem)
         }
     }
 

@@ -141,9 +141,20 @@ struct SessionConnector {
                 problems.append("\(error)")
             }
         }
+        var unusable: [String] = []
         for identity in key.identities where FileManager.default.fileExists(atPath: identity) {
+            // Checked again here: the file may have changed since the configuration was read.
+            if let problem = PrivateFile.problem(identity, attribute: "identity") {
+                unusable.append(problem)
+                continue
+            }
             tried.append(identity)
-            let passphrase = try key.identityPassphraseFile.map(Self.readPassphrase)
+            let passphrase: String?
+            do {
+                passphrase = try key.identityPassphraseFile.map(PrivateFile.readPassphrase)
+            } catch {
+                throw ConnectFailure(description: "cannot log in to \(key.server) with \(identity): \(error)")
+            }
             do {
                 try session.complete("authentication with \(identity)", by: deadline) {
                     try session.authenticate(user: key.user, privateKeyFile: identity, passphrase: passphrase)
@@ -154,19 +165,14 @@ struct SessionConnector {
                 problems.append("\(identity): \(error.message)")
             }
         }
+        if tried.isEmpty && !unusable.isEmpty {
+            throw ConnectFailure(description: "no usable key to log in to \(key.server) with: " + unusable.joined(separator: "; "))
+        }
         if tried.isEmpty {
             throw ConnectFailure(description: "no key to log in to \(key.server) with: no ssh-agent and none of \(key.identities.joined(separator: ", ")) exists; set identity")
         }
         var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
-        if !problems.isEmpty { sentence += ": " + problems.joined(separator: "; ") }
+        if !(problems + unusable).isEmpty { sentence += ": " + (problems + unusable).joined(separator: "; ") }
         throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
-    }
-
-    private static func readPassphrase(_ path: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
-            throw ConnectFailure(description: "cannot read identity_passphrase_file \(path)")
-        }
-        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
-        return text
     }
 }

@@ -88,4 +88,14 @@ final class SecurityTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("not the pinned fingerprint", timeout: 5), tunneld.log)
         XCTAssertTrue(tunneld.log.contains(fingerprints.ed25519) && tunneld.log.contains(fingerprints.ecdsa), "every key the server has is named: \(tunneld.log)")
     }
+
+    // MARK: Key files at connect time
+
+    func test04_AKeyMadeReadableByOthersAfterStartIsRefusedAtConnect() throws {
+        let (tunneld, port) = try startTunneld()
+        chmod(sshd.userKey, 0o644)
+        try assertRefused(port)
+        XCTAssertTrue(tunneld.waitForLog("\(sshd.userKey) is readable by group or others", timeout: 3), tunneld.log)
+        XCTAssertEqual(sshd.acceptedLogins, 0)
+    }
 }

@@ -117,3 +117,29 @@ final class KnownHostsTests: XCTestCase {
         XCTAssertEqual(mac.map { String(format: "%02x", $0) }.joined(), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79")
     }
 }
+
+final class PrivateFileTests: XCTestCase {
+    private var fixture: ConfigFixture!
+
+    override func setUp() {
+        fixture = ConfigFixture()
+    }
+
+    func testAPassphraseFileLosesExactlyOneLineEnd() throws {
+        let cases = ["secret": "secret", "secret\n": "secret", "secret\r\n": "secret", "secret\n\n": "secret\n", "secret\r\r\n": "secret\r", " secret \n": " secret "]
+        for (content, passphrase) in cases {
+            let path = fixture.write("pass", content, mode: 0o600)
+            XCTAssertEqual(try PrivateFile.readPassphrase(path), passphrase, content.debugDescription)
+        }
+    }
+
+    func testAPassphraseFileReadableByOthersIsRefusedByName() {
+        let path = fixture.write("pass", "secret\n", mode: 0o640)
+        XCTAssertThrowsError(try PrivateFile.readPassphrase(path)) { error in
+            XCTAssertEqual("\(error)", "identity_passphrase_file \(path) is readable by group or others; chmod 600 \(path)")
+        }
+        XCTAssertThrowsError(try PrivateFile.readPassphrase(fixture.root + "/missing")) { error in
+            XCTAssertEqual("\(error)", "identity_passphrase_file \(fixture.root)/missing cannot be used: No such file or directory")
+        }
+    }
+}
