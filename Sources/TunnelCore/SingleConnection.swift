@@ -26,6 +26,9 @@ public enum SingleConnection {
     /// Logs in to `service`'s server and opens its channel once, sending nothing. Returns
     /// nil when the channel opened, else why not (`refused: administratively prohibited`, ...).
     public static func probe(service: Service, logger: Logger) -> String? {
+        // A target that speaks first (SMTP, SIP2) sends its banner to the probe's closed end:
+        // that write must fail with EPIPE, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
         var ends: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0 else {
             return "socketpair: \(String(cString: strerror(errno)))"
@@ -36,7 +39,8 @@ public enum SingleConnection {
         let outcome = carry(ClientEnd(socket: ends[0]), service: service, logger: logger)
         switch outcome {
         case .refused, .sshFailed: return "\(outcome)"
-        default: return nil
+        // The channel opened; whatever the target sent after that went to a closed end.
+        case .ok, .clientError, .shutdown, .limit, .access: return nil
         }
     }
 

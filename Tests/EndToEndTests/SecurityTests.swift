@@ -98,4 +98,16 @@ final class SecurityTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("\(sshd.userKey) is readable by group or others", timeout: 3), tunneld.log)
         XCTAssertEqual(sshd.acceptedLogins, 0)
     }
+
+    // MARK: --check --connect
+
+    func test05_CheckConnectReachesAServerThatSpeaksFirst() throws {
+        let smtp = try EchoServer(greeting: "220 mail.example.org ESMTP")
+        let directory = ScratchDirectory("check-banner")
+        directory.write("services.d/smtp", stanza("smtp", port: TCP.freePort(), via: sshd, target: smtp.port))
+        let result = try runProgram(TunneldProcess.binary, ["--check", "--connect", "-f", directory.file("services.d")], environment: ["HOME": directory.path, "PATH": "/usr/bin:/bin"])
+        XCTAssertEqual(result.status, 0, result.output + result.error)
+        XCTAssertTrue(result.output.contains("smtp: channel to 127.0.0.1:\(smtp.port) via"), result.output)
+        XCTAssertEqual(smtp.connectionCount, 1)
+    }
 }
