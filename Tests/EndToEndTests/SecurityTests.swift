@@ -110,4 +110,23 @@ final class SecurityTests: SSHTestCase {
         XCTAssertTrue(result.output.contains("smtp: channel to 127.0.0.1:\(smtp.port) via"), result.output)
         XCTAssertEqual(smtp.connectionCount, 1)
     }
+
+    // MARK: Logs
+
+    func test06_OutsideTextCannotForgeOrColourALogLine() throws {
+        let directory = ScratchDirectory("log")
+        let hostile = directory.file("conf\n2026-01-01T00:00:00.000Z notice forged line\u{1b}[31m\r")
+        try FileManager.default.createDirectory(atPath: hostile, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: hostile + "/s", contents: Data("service s\n{\n    port = 7\u{1b}[2J\n}\n".utf8))
+        let log = directory.file("log")
+        let child = try ChildProcess(TunneldProcess.binary, ["-f", hostile], environment: ["HOME": directory.path, "PATH": "/usr/bin:/bin"], error: log)
+        XCTAssertEqual(child.wait(timeout: 10), 1, "no service to run")
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        XCTAssertTrue(text.contains("no service to run"), text)
+        XCTAssertFalse(text.contains("\n2026-01-01T00:00:00.000Z notice forged line"), text)
+        let controls = text.unicodeScalars.filter { $0 != "\n" && ($0.value < 0x20 || $0.value == 0x7f) }
+        XCTAssertEqual(controls.count, 0, "no control character reaches the log: \(text.debugDescription)")
+        XCTAssertTrue(text.contains("\\x1b[2J"), "the escape is shown, not sent: \(text)")
+        XCTAssertEqual(text.split(separator: "\n").filter { !$0.hasPrefix("20") }.count, 0, "every line is a log line: \(text)")
+    }
 }
