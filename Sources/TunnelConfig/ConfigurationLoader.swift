@@ -30,7 +30,7 @@ public struct ConfigurationLoader: Sendable {
         /// The home directory of a local account, from the password file.
         public func homeDirectory(of account: String) -> String? {
             guard let data = FileManager.default.contents(atPath: passwordFile) else { return nil }
-            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
                 let fields = line.split(separator: ":", omittingEmptySubsequences: false)
                 if fields.count >= 6, fields[0] == account { return String(fields[5]) }
             }

@@ -410,7 +410,8 @@ enum KeyFile {
         let text = String(decoding: head, as: UTF8.self)
         if text.contains("BEGIN RSA PRIVATE KEY") { return true }
         guard text.contains("BEGIN OPENSSH PRIVATE KEY") else { return false }
-        let body = text.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+        // isNewline: a key saved with CRLF line ends has "\r\n" Characters, not "\n".
+        let body = text.split(whereSeparator: \.isNewline).filter { !$0.hasPrefix("-----") }.joined()
         guard let blob = Data(base64Encoded: String(body.prefix(400 - 400 % 4))) ?? Data(base64Encoded: body) else { return false }
         return String(decoding: blob.prefix(200), as: UTF8.self).contains("ssh-rsa")
     }

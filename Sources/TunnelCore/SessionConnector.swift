@@ -93,14 +93,15 @@ struct SessionConnector {
     private func verifyHostKey(_ hostKey: HostKey, known: [KnownHostKey]) throws {
         let fingerprint = hostKey.fingerprint
         let line = KnownHosts.entryLine(host: key.server.host, port: key.server.port, keyType: hostKey.algorithm, key: hostKey.blob)
-        if let match = known.first(where: { $0.keyType == hostKey.algorithm && $0.key == hostKey.blob }) {
-            if match.isRevoked {
-                throw ConnectFailure(description: "host key of \(key.server) (\(hostKey.algorithm) \(fingerprint)) is marked @revoked at \(match.location)")
-            }
+        switch KnownHosts.verdict(keyType: hostKey.algorithm, key: hostKey.blob, known: known) {
+        case .known:
             return
-        }
-        if let previous = known.first(where: { !$0.isRevoked }) {
-            throw ConnectFailure(description: "HOST KEY CHANGED for \(key.server): server sent \(hostKey.algorithm) \(fingerprint) but \(previous.location) holds another key; if the change is expected, replace that line with: \(line)")
+        case .revoked(let location):
+            throw ConnectFailure(description: "host key of \(key.server) (\(hostKey.algorithm) \(fingerprint)) is marked @revoked at \(location)")
+        case .changed(let location):
+            throw ConnectFailure(description: "HOST KEY CHANGED for \(key.server): server sent \(hostKey.algorithm) \(fingerprint) but \(location) holds another key; if the change is expected, replace that line with: \(line)")
+        case .unknown:
+            break
         }
         switch key.hostKeyPolicy {
         case .strict:

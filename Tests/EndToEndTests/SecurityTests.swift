@@ -60,6 +60,16 @@ final class SecurityTests: SSHTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: file))
     }
 
+    func test02b_ARevokedLineWinsOverAnEarlierLineThatAcceptsTheKey() throws {
+        let accepted = try String(contentsOfFile: sshd.knownHosts, encoding: .utf8)
+        let key = accepted.split(separator: " ").dropFirst().joined(separator: " ")
+        FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data((accepted + "@revoked * " + key).replacingOccurrences(of: "\n", with: "\r\n").utf8))
+        let (tunneld, port) = try startTunneld()
+        try assertRefused(port)
+        XCTAssertTrue(tunneld.waitForLog("is marked @revoked at \(sshd.knownHosts):2", timeout: 3), tunneld.log)
+        XCTAssertEqual(echo.connectionCount, 0)
+    }
+
     // MARK: fingerprint
 
     /// Gives sshd an ecdsa host key beside its ed25519 one; returns both fingerprints.

@@ -89,6 +89,18 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(messages, ["ROOT/deep/8:1: error: includes nest deeper than 8 files at ROOT/deep/9; flatten them"])
     }
 
+    func testCRLFStanzaFilesReadLikeLFFiles() {
+        let good = stanza("good", port: 1, extra: "    # a comment\n    linger=5\n    only_from = 127.0.0.1 # trailing comment\n")
+        let bad = stanza("bad", port: 2, extra: "    keepalive = 5 x\n")
+        fixture.write("conf/good", good.replacingOccurrences(of: "\n", with: "\r\n"))
+        fixture.write("conf/bad", bad.replacingOccurrences(of: "\n", with: "\r\n"))
+        let configuration = fixture.load()
+        XCTAssertEqual(fixture.messages(configuration), ["ROOT/conf/bad:7: error: bad: keepalive count 'x' is not a number from 1 to 1000"])
+        XCTAssertEqual(configuration.services.map(\.name), ["good"])
+        XCTAssertEqual(configuration.services.first?.linger, 5)
+        XCTAssertEqual(configuration.services.first?.onlyFrom.count, 1)
+    }
+
     func testGarbageIsALocatedErrorNeverACrash() {
         fixture.write("binary", "service a {\u{0}\u{1}\u{2} }")
         XCTAssertEqual(fixture.messages(fixture.load("binary")), ["ROOT/binary:1: error: ROOT/binary holds binary data (a NUL byte); is it a configuration file?"])
