@@ -63,7 +63,7 @@ public struct CheckReport: Sendable {
         if let instances = service.instances { options.append("instances=\(instances)") }
         if let perSource = service.perSource { options.append("per_source=\(perSource)") }
         if let cps = service.cps { options.append("cps=\(cps.rate)/\(seconds(cps.pause))") }
-        if !service.onlyFrom.isEmpty { options.append("only_from(\(service.onlyFrom.count))") }
+        if let onlyFrom = service.onlyFrom { options.append(onlyFrom.isEmpty ? "only_from(nobody)" : "only_from(\(onlyFrom.count))") }
         if !service.noAccess.isEmpty { options.append("no_access(\(service.noAccess.count))") }
         return options
     }

@@ -112,8 +112,11 @@ struct ServiceBuilder {
         let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
         let perSource = values["per_source"] == nil ? nil : parse("per_source", ValueParser.limit) ?? nil
         let cps = resolveRate()
-        let onlyFrom = resolveMatches("only_from")
+        let onlyFrom = values["only_from"] == nil ? nil : resolveMatches("only_from")
         let noAccess = resolveMatches("no_access")
+        if values["only_from"]?.words.isEmpty == true {
+            warning("only_from", "only_from is empty, so nobody may connect (as in xinetd); list the client addresses, or remove only_from to admit anyone")
+        }
         if !Self.isLoopback(listenHost) && values["only_from"] == nil {
             warning(values[bindAttribute] == nil ? nil : bindAttribute, "listens on \(listenHost), beyond this machine, with no only_from; anyone who reaches the port can use the tunnel; add only_from = ADDRESSES")
         }

@@ -138,6 +138,9 @@ enum ValueParser {
         let address = parts[0]
         guard let bytes = ipv4(address) ?? ipv6(address) else {
             if parts.count == 1, isHostName(address) { return .success(.hostname(address.lowercased())) }
+            if parts.count == 1, address.hasPrefix("."), isHostName(String(address.dropFirst())) {
+                return .failure("'\(text)' is xinetd's domain form, which needs a reverse DNS lookup of every client; tunneld does not do that: list the clients' addresses, CIDR blocks or host names")
+            }
             return .failure("'\(text)' is not an address, a CIDR block or a host name")
         }
         let bits = bytes.count * 8
@@ -153,6 +156,10 @@ enum ValueParser {
                 return .failure("'\(text)' has a bad prefix length; use 0–\(bits)")
             }
             prefix = value
+        }
+        // An IPv4-mapped block (::ffff:a.b.c.d) is the IPv4 block: clients come as IPv4.
+        if bytes.count == 16, prefix >= 96, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff {
+            return .success(.network(address: Array(bytes[12..<16]), prefixLength: prefix - 96))
         }
         return .success(.network(address: bytes, prefixLength: prefix))
     }

@@ -121,6 +121,17 @@ final class SecurityTests: SSHTestCase {
         XCTAssertEqual(smtp.connectionCount, 1)
     }
 
+    // MARK: Access
+
+    func test07_AnEmptyOnlyFromAdmitsNobody() throws {
+        let (tunneld, port) = try startTunneld("    only_from       =")
+        XCTAssertTrue(tunneld.log.contains("only_from is empty, so nobody may connect"), tunneld.log)
+        try assertRefused(port)
+        XCTAssertTrue(tunneld.waitForLog("result=\"access: not in only_from\"", timeout: 3), tunneld.log)
+        XCTAssertEqual(sshd.acceptedLogins, 0)
+        XCTAssertEqual(echo.connectionCount, 0)
+    }
+
     // MARK: Logs
 
     func test06_OutsideTextCannotForgeOrColourALogLine() throws {

@@ -34,7 +34,7 @@ final class AttributeTests: XCTestCase {
         XCTAssertNil(service.instances)
         XCTAssertNil(service.perSource)
         XCTAssertNil(service.cps)
-        XCTAssertTrue(service.onlyFrom.isEmpty)
+        XCTAssertNil(service.onlyFrom)
         XCTAssertEqual(service.location.line, 1)
     }
 

@@ -46,7 +46,7 @@ final class LoaderTests: XCTestCase {
         let configuration = fixture.load()
         XCTAssertEqual(fixture.messages(configuration), [])
         XCTAssertEqual(configuration.services.map(\.linger), [5, 9])
-        XCTAssertEqual(configuration.services[0].onlyFrom.count, 2)
+        XCTAssertEqual(configuration.services[0].onlyFrom?.count, 2)
         XCTAssertEqual(configuration.globals.shutdownTimeout, 3)
         XCTAssertEqual(configuration.globals.logLevel, "debug")
     }
@@ -98,7 +98,7 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(fixture.messages(configuration), ["ROOT/conf/bad:7: error: bad: keepalive count 'x' is not a number from 1 to 1000"])
         XCTAssertEqual(configuration.services.map(\.name), ["good"])
         XCTAssertEqual(configuration.services.first?.linger, 5)
-        XCTAssertEqual(configuration.services.first?.onlyFrom.count, 1)
+        XCTAssertEqual(configuration.services.first?.onlyFrom?.count, 1)
     }
 
     func testGarbageIsALocatedErrorNeverACrash() {
