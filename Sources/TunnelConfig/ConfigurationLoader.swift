@@ -244,7 +244,7 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         if let text = one("shutdown_timeout") {
-            switch ValueParser.seconds(text) {
+            switch ValueParser.seconds(text, atMost: .hour) {
             case .success(let seconds): settings.shutdownTimeout = seconds
             case .failure(let message): diagnostics.append(Diagnostic(.error, at: place("shutdown_timeout"), "shutdown_timeout: \(message)"))
             }

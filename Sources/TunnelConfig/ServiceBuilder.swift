@@ -102,11 +102,11 @@ struct ServiceBuilder {
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
 
         // Session life.
-        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0) } ?? 30
+        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
         let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
         let keepalive = resolveKeepalive()
-        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false) } ?? 10
+        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
 
         // Limits and access.
         let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
@@ -357,10 +357,14 @@ struct ServiceBuilder {
             error("keepalive", "keepalive '\(words.joined(separator: " "))' is not INTERVAL [COUNT], e.g. keepalive = 15 3")
             return Keepalive()
         }
+        if case .failure(let message) = ValueParser.seconds(words[0], atMost: .hour) {
+            error("keepalive", "keepalive interval \(message)")
+            return Keepalive()
+        }
         var count = 3
         if words.count == 2 {
-            guard let value = Int(words[1]), (1...1000).contains(value) else {
-                error("keepalive", "keepalive count '\(words[1])' is not a number from 1 to 1000")
+            guard let value = Int(words[1]), (1...100).contains(value) else {
+                error("keepalive", "keepalive count '\(words[1])' is not a number from 1 to 100")
                 return Keepalive()
             }
             count = value
@@ -374,6 +378,14 @@ struct ServiceBuilder {
         guard words.count == 2, let rate = Int(words[0]), rate > 0,
               case .success(let pause) = ValueParser.seconds(words[1], allowZero: false) else {
             error("cps", "cps '\(words.joined(separator: " "))' is not RATE SECONDS, e.g. cps = 50 10")
+            return nil
+        }
+        guard rate <= 1_000_000 else {
+            error("cps", "cps rate '\(words[0])' is not a number from 1 to 1000000")
+            return nil
+        }
+        if case .failure(let message) = ValueParser.seconds(words[1], atMost: .day) {
+            error("cps", "cps pause \(message)")
             return nil
         }
         return ConnectionRate(rate: rate, pause: pause)

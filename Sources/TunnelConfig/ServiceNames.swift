@@ -35,8 +35,28 @@ enum ValueParser {
         return .failure("unknown port '\(text)'; use a number or a TCP service name from /etc/services")
     }
 
-    /// A duration in seconds: `30`, `0.5`, `30s`, `5m`, `1h`.
-    static func seconds(_ text: String, allowZero: Bool = true) -> Result<Double, Message> {
+    /// The most a duration attribute may be, in seconds and as a sentence says it.
+    struct Limit {
+        var seconds: Double
+        var words: String
+        var written: String
+
+        static let tenMinutes = Limit(seconds: 600, words: "10 minutes", written: "10m")
+        static let hour = Limit(seconds: 3600, words: "1 hour", written: "1h")
+        static let day = Limit(seconds: 86_400, words: "1 day", written: "24h")
+        static let year = Limit(seconds: 86_400 * 365, words: "a year", written: "8760h")
+    }
+
+    /// A duration in seconds, `30`, `0.5`, `30s`, `5m`, `1h`, of at most `limit`.
+    static func seconds(_ text: String, allowZero: Bool = true, atMost limit: Limit = .year) -> Result<Double, Message> {
+        let result = anySeconds(text, allowZero: allowZero)
+        if case .success(let value) = result, value > limit.seconds {
+            return .failure("'\(text)' is more than \(limit.words); use at most \(limit.written)")
+        }
+        return result
+    }
+
+    private static func anySeconds(_ text: String, allowZero: Bool) -> Result<Double, Message> {
         var number = text.lowercased()
         var scale = 1.0
         if let last = number.last, "smh".contains(last) {

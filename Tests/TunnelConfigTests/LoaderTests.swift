@@ -95,7 +95,7 @@ final class LoaderTests: XCTestCase {
         fixture.write("conf/good", good.replacingOccurrences(of: "\n", with: "\r\n"))
         fixture.write("conf/bad", bad.replacingOccurrences(of: "\n", with: "\r\n"))
         let configuration = fixture.load()
-        XCTAssertEqual(fixture.messages(configuration), ["ROOT/conf/bad:7: error: bad: keepalive count 'x' is not a number from 1 to 1000"])
+        XCTAssertEqual(fixture.messages(configuration), ["ROOT/conf/bad:7: error: bad: keepalive count 'x' is not a number from 1 to 100"])
         XCTAssertEqual(configuration.services.map(\.name), ["good"])
         XCTAssertEqual(configuration.services.first?.linger, 5)
         XCTAssertEqual(configuration.services.first?.onlyFrom?.count, 1)

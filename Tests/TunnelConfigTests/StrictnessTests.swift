@@ -38,4 +38,20 @@ final class StrictnessTests: XCTestCase {
     func testADomainRuleIsAnErrorNotIgnored() {
         XCTAssertEqual(service("only_from = .example.org").1, ["ROOT/conf:6: error: s: only_from: '.example.org' is xinetd's domain form, which needs a reverse DNS lookup of every client; tunneld does not do that: list the clients' addresses, CIDR blocks or host names"])
     }
+
+    // MARK: Bounds
+
+    func testDurationsAndCountsHaveUpperBounds() {
+        XCTAssertEqual(service("keepalive = 8760h 1000").1, ["ROOT/conf:6: error: s: keepalive interval '8760h' is more than 1 hour; use at most 1h"])
+        XCTAssertEqual(service("keepalive = 15 101").1, ["ROOT/conf:6: error: s: keepalive count '101' is not a number from 1 to 100"])
+        XCTAssertEqual(service("keepalive = 1h 100").0?.keepalive, Keepalive(interval: 3600, count: 100))
+        XCTAssertEqual(service("linger = 86401").1, ["ROOT/conf:6: error: s: linger: '86401' is more than 1 day; use at most 24h"])
+        XCTAssertEqual(service("linger = 24h").0?.linger, 86_400)
+        XCTAssertEqual(service("connect_timeout = 11m").1, ["ROOT/conf:6: error: s: connect_timeout: '11m' is more than 10 minutes; use at most 10m"])
+        XCTAssertEqual(service("cps = 50 2d").1, ["ROOT/conf:6: error: s: cps '50 2d' is not RATE SECONDS, e.g. cps = 50 10"])
+        XCTAssertEqual(service("cps = 50 25h").1, ["ROOT/conf:6: error: s: cps pause '25h' is more than 1 day; use at most 24h"])
+        XCTAssertEqual(service("cps = 10000001 10").1, ["ROOT/conf:6: error: s: cps rate '10000001' is not a number from 1 to 1000000"])
+        fixture.write("conf", "defaults { shutdown_timeout = 2h }\n")
+        XCTAssertEqual(fixture.messages(fixture.load()), ["ROOT/conf:1: error: shutdown_timeout: '2h' is more than 1 hour; use at most 1h"])
+    }
 }
