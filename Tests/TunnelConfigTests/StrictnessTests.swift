@@ -54,4 +54,40 @@ final class StrictnessTests: XCTestCase {
         fixture.write("conf", "defaults { shutdown_timeout = 2h }\n")
         XCTAssertEqual(fixture.messages(fixture.load()), ["ROOT/conf:1: error: shutdown_timeout: '2h' is more than 1 hour; use at most 1h"])
     }
+
+    // MARK: Includes
+
+    func testIncludedirDotAndLoopsAreFoundWithoutExploringEveryPath() {
+        for index in 0..<8 {
+            fixture.write("conf/\(index)", "includedir .\ninclude \((index + 1) % 8)\n")
+        }
+        let started = Date()
+        let configuration = fixture.load()
+        XCTAssertLessThan(Date().timeIntervalSince(started), 2, "not explored combinatorially")
+        let messages = fixture.messages(configuration)
+        XCTAssertTrue(messages.contains("ROOT/conf/0:1: error: includedir . includes ROOT/conf, which is already being read (a loop); remove the includedir"), "\(messages)")
+        XCTAssertLessThanOrEqual(messages.count, 16, "one message per include line at most: \(messages)")
+    }
+
+    func testAFileIncludedTwiceIsReadOnce() {
+        fixture.write("main", "include a\ninclude a\n")
+        fixture.write("a", "service a { port = 1 server = h server_args = localhost 25 host_key = accept-new }\n")
+        let configuration = fixture.load("main")
+        XCTAssertEqual(configuration.services.map(\.name), ["a"])
+        XCTAssertEqual(fixture.messages(configuration), ["ROOT/main:2: warning: ROOT/a was already read; included once only"])
+    }
+
+    func testAnIncludedFileThatIsNotAConfigurationIsNotQuoted() {
+        let secret = "root:$6$saltsalt$c2VjcmV0aGFzaA:19000:0:99999:7:::"
+        fixture.write("shadow", "\(secret)\ndaemon:*:19000:0:99999:7:::\n", mode: 0o600)
+        fixture.write("main", "include shadow\n")
+        let configuration = fixture.load("main")
+        XCTAssertEqual(fixture.messages(configuration), ["ROOT/shadow:1: error: ROOT/shadow is not a configuration file (it does not start with service, defaults, include or includedir); its content is not shown"])
+        let report = CheckReport(configuration).render()
+        XCTAssertFalse(report.contains("$6$"), report)
+        XCTAssertFalse(report.contains("daemon"), report)
+        fixture.write("passphrase", "hunter2\n", mode: 0o600)
+        fixture.write("main", "include passphrase\n")
+        XCTAssertFalse(CheckReport(fixture.load("main")).render().contains("hunter2"))
+    }
 }
