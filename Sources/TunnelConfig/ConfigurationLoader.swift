@@ -210,6 +210,12 @@ public struct ConfigurationLoader: Sendable {
                     broken = true
                 }
             }
+            // A disabled stanza is checked for grammar only: what it would mean (a key that
+            // does not exist yet, say) must not block a reload of the others.
+            if let disable = values["disable"], disable.words.count == 1, ValueParser.flag(disable.words[0]) == .success(true) {
+                if !broken { configuration.disabledServices.append((name, location)) }
+                continue
+            }
             var builder = ServiceBuilder(name: name, location: location, values: values, environment: environment, names: names)
             let result = builder.build()
             configuration.diagnostics += builder.diagnostics
@@ -221,8 +227,6 @@ public struct ConfigurationLoader: Sendable {
                 }
                 listening[service.listen] = name
                 configuration.services.append(service)
-            case .disabled:
-                configuration.disabledServices.append((name, location))
             default:
                 break
             }

@@ -53,11 +53,12 @@ struct ServiceBuilder {
         }
     }
 
-    /// Returns the service, `.disabled` for `disable = yes`, or nil when it has errors.
+    /// Returns the service, or `.failed` when it has errors.
     mutating func build() -> BuildResult {
         checkAttributeNames()
         checkXinetdCompatibility()
-        let isDisabled = parse("disable", ValueParser.flag) ?? false
+        // The loader takes `disable = yes` stanzas out before building; any other value is checked here.
+        _ = parse("disable", ValueParser.flag)
 
         // Where to listen.
         let serviceNames = names
@@ -132,14 +133,12 @@ struct ServiceBuilder {
             isPersistent: persistent, sessions: sessions, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
             logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
-        if isDisabled { return .disabled }
         checkKnownHosts(service)
         return .built(service)
     }
 
     enum BuildResult {
         case built(Service)
-        case disabled
         case failed
     }
 

@@ -90,4 +90,21 @@ final class StrictnessTests: XCTestCase {
         fixture.write("main", "include passphrase\n")
         XCTAssertFalse(CheckReport(fixture.load("main")).render().contains("hunter2"))
     }
+
+    // MARK: disable = yes
+
+    func testADisabledStanzaIsCheckedForSyntaxOnly() {
+        fixture.write("conf/off", "service off\n{\n    port = 1\n    server = h\n    server_args = localhost 25\n    identity = /nonexistent/key\n    keepalive = soon\n    disable = yes\n}\n")
+        fixture.write("conf/on", "service on\n{\n    port = 2\n    server = h\n    server_args = localhost 25\n    host_key = accept-new\n}\n")
+        let configuration = fixture.load()
+        XCTAssertEqual(fixture.messages(configuration), [])
+        XCTAssertFalse(configuration.hasErrors)
+        XCTAssertEqual(configuration.disabledServices.map(\.name), ["off"])
+        XCTAssertEqual(configuration.services.map(\.name), ["on"])
+
+        fixture.write("conf/off", "service off\n{\n    port = 1\n    identity = /nonexistent/key\n    disable = yes\n    server_args += x\n}\n")
+        XCTAssertEqual(fixture.messages(fixture.load()), ["ROOT/conf/off:6: error: off: server_args takes one value; use = instead of +="], "grammar errors still count")
+        fixture.write("conf/off", "service off\n{\n    port = 1\n    server = h\n    server_args = localhost 25\n    host_key = accept-new\n    disable = perhaps\n}\n")
+        XCTAssertEqual(fixture.messages(fixture.load()), ["ROOT/conf/off:7: error: off: disable: 'perhaps' is not yes or no"])
+    }
 }
