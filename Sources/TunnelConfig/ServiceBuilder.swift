@@ -74,6 +74,8 @@ struct ServiceBuilder {
             }
         }
 
+        checkAddressFamilyFlags(listenHost: listenHost)
+
         // Where to go.
         let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
 
@@ -172,6 +174,24 @@ struct ServiceBuilder {
         }
     }
 
+    /// xinetd's `flags = IPv4` / `IPv6` choose the socket's family; tunneld's is `bind`'s.
+    /// A flag that disagrees with it is a warning, never silently dropped.
+    private mutating func checkAddressFamilyFlags(listenHost: String) {
+        let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
+        let isIPv6 = ValueParser.ipv6(listenHost) != nil
+        if flags.contains("IPV6") && !isIPv6 {
+            warning("flags", "flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (\(listenHost), IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6")
+        }
+        if flags.contains("IPV4") && isIPv6 {
+            warning("flags", "flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (\(listenHost), IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4")
+        }
+    }
+
+    /// Whether `flags` holds NAMEINARGS: server_args then starts with the program's name.
+    private var isNameInArgs: Bool {
+        (values["flags"]?.words ?? []).contains { $0.uppercased() == "NAMEINARGS" }
+    }
+
     // MARK: Server and target
 
     private mutating func resolveServerAndTarget() -> (String?, UInt16, String, String, [String], Endpoint?) {
@@ -193,10 +213,12 @@ struct ServiceBuilder {
                 login = localUser
                 home = accountHome
             }
-            guard let arguments = values["server_args"]?.words, !arguments.isEmpty else {
+            guard var arguments = values["server_args"]?.words, !arguments.isEmpty else {
                 error(nil, "server = \(serverText) needs server_args = [options] [user@]host nc HOST PORT")
                 return (nil, 22, login, home, [], nil)
             }
+            // xinetd's NAMEINARGS: the first word is the program's name (argv[0]), not an argument.
+            if isNameInArgs { arguments.removeFirst() }
             switch XinetdCommand.parse(arguments, names: names) {
             case .failure(let message):
                 error("server_args", message.text)
@@ -209,6 +231,9 @@ struct ServiceBuilder {
             }
         }
 
+        if isNameInArgs {
+            error("flags", "flags NAMEINARGS means server_args starts with the program name, which only the command form (server = /usr/bin/ssh) has; remove NAMEINARGS")
+        }
         guard let server = Self.serverAddress(serverText) else {
             error("server", "server '\(serverText)' is not [USER@]HOST[:PORT]; write e.g. server = tunnel@bastion.example.org:22 or [2001:db8::1]:2222")
             return (nil, 22, login, home, [], nil)

@@ -107,4 +107,29 @@ final class StrictnessTests: XCTestCase {
         fixture.write("conf/off", "service off\n{\n    port = 1\n    server = h\n    server_args = localhost 25\n    host_key = accept-new\n    disable = perhaps\n}\n")
         XCTAssertEqual(fixture.messages(fixture.load()), ["ROOT/conf/off:7: error: off: disable: 'perhaps' is not yes or no"])
     }
+
+    // MARK: flags
+
+    func testAddressFamilyFlagsAreNotIgnored() {
+        XCTAssertEqual(service("flags = REUSE IPv6").1, ["ROOT/conf:6: warning: s: flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (127.0.0.1, IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6"])
+        XCTAssertEqual(service("flags = IPv6\nbind = ::1").1, [])
+        XCTAssertEqual(service("flags = IPv4\nbind = ::1").1, ["ROOT/conf:6: warning: s: flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (::1, IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4"])
+        XCTAssertEqual(service("flags = IPv4").1, [])
+    }
+
+    func testNameInArgsTakesTheProgramNameFromServerArgs() throws {
+        let (loaded, messages) = service("", body: """
+            port        = 2525
+            flags       = REUSE NAMEINARGS
+            server      = /usr/bin/ssh
+            server_args = ssh -q relay@mail.example.org nc localhost 25
+            host_key    = accept-new
+            """)
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "mail.example.org", port: 22))
+        XCTAssertEqual(service.user, "relay")
+        XCTAssertEqual(service.target, Endpoint(host: "localhost", port: 25))
+        XCTAssertEqual(messages, [])
+        XCTAssertEqual(self.service("flags = NAMEINARGS").1, ["ROOT/conf:6: error: s: flags NAMEINARGS means server_args starts with the program name, which only the command form (server = /usr/bin/ssh) has; remove NAMEINARGS"])
+    }
 }
