@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import TunnelConfig
 
 /// Writes one line per log event to standard error:
 /// `2026-11-23T05:30:00.123Z info connection closed service=smtp peer=127.0.0.1:5555 result=ok`.
@@ -22,7 +23,7 @@ struct LineLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         var line = Self.timestamp()
-        line += " \(event.level.rawValue) \(Self.escaped("\(event.message)"))"
+        line += " \(event.level.rawValue) \(ControlCharacters.escaped("\(event.message)"))"
         let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
         for key in merged.keys.sorted() {
             line += " \(key)=\(Self.quoted("\(merged[key]!)"))"
@@ -45,38 +46,10 @@ struct LineLogHandler: LogHandler {
     /// `"` and control characters escaped.
     static func quoted(_ value: String) -> String {
         let needsQuotes = value.isEmpty || value.unicodeScalars.contains {
-            $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || isControl($0)
+            $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || ControlCharacters.isControl($0)
         }
         guard needsQuotes else { return value }
-        return "\"" + escaped(value, alsoEscaping: ["\\", "\""]) + "\""
-    }
-
-    /// `text` with every control character (and the Unicode line separators) written as an
-    /// escape (`\n`, `\r`, `\t`, `\x1b`, `\u{2028}`), so that text from outside (peer names,
-    /// server messages, file contents) can neither end a log line nor drive a terminal.
-    static func escaped(_ text: String, alsoEscaping extra: Set<Unicode.Scalar> = []) -> String {
-        var result = ""
-        result.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case _ where extra.contains(scalar): result += "\\" + String(scalar)
-            case _ where scalar.value < 0x100 && isControl(scalar):
-                let hex = String(scalar.value, radix: 16)
-                result += "\\x" + (hex.count == 1 ? "0" : "") + hex
-            case _ where isControl(scalar):
-                result += "\\u{" + String(scalar.value, radix: 16) + "}"
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result
-    }
-
-    /// C0 and C1 controls, DEL, and the line and paragraph separators.
-    private static func isControl(_ scalar: Unicode.Scalar) -> Bool {
-        scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+        return "\"" + ControlCharacters.escaped(value, alsoEscaping: ["\\", "\""]) + "\""
     }
 
     private static func timestamp() -> String {

@@ -24,7 +24,7 @@ final class SecurityTests: SSHTestCase {
     func test01_AcceptNewAppendsToAKnownHostsThatHoldsOtherHosts() throws {
         for existing in [otherHost + "\n", otherHost] {
             let path = sshd.knownHosts
-            FileManager.default.createFile(atPath: path, contents: Data(existing.utf8), attributes: [.posixPermissions: 0o600])
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(existing.utf8), attributes: [.posixPermissions: 0o600]))
             let (tunneld, port) = try startTunneld("    host_key        = accept-new")
             XCTAssertEqual(try TCP.exchange(port: port, Array("pin".utf8)), Array("pin".utf8), tunneld.log)
             let hostKey = try String(contentsOfFile: sshd.directory.file("host_ed25519.pub"), encoding: .utf8).split(separator: " ")
@@ -58,12 +58,20 @@ final class SecurityTests: SSHTestCase {
         try assertRefused(secondPort)
         XCTAssertTrue(second.waitForLog("writable by group or others", timeout: 3), second.log)
         XCTAssertFalse(FileManager.default.fileExists(atPath: file))
+        _ = second.terminate()
+
+        guard geteuid() == 0 else { return }
+        let foreign = ScratchDirectory("foreign")
+        XCTAssertEqual(chown(foreign.path, 65534, 65534), 0)
+        let (third, thirdPort) = try startTunneld("    host_key        = accept-new\n    known_hosts     = \(foreign.file("known_hosts"))")
+        try assertRefused(thirdPort)
+        XCTAssertTrue(third.waitForLog("the directory \(foreign.path) belongs to another account (uid 65534)", timeout: 3), third.log)
     }
 
     func test02b_ARevokedLineWinsOverAnEarlierLineThatAcceptsTheKey() throws {
         let accepted = try String(contentsOfFile: sshd.knownHosts, encoding: .utf8)
         let key = accepted.split(separator: " ").dropFirst().joined(separator: " ")
-        FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data((accepted + "@revoked * " + key).replacingOccurrences(of: "\n", with: "\r\n").utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data((accepted + "@revoked * " + key).replacingOccurrences(of: "\n", with: "\r\n").utf8)))
         let (tunneld, port) = try startTunneld()
         try assertRefused(port)
         XCTAssertTrue(tunneld.waitForLog("is marked @revoked at \(sshd.knownHosts):2", timeout: 3), tunneld.log)
@@ -86,7 +94,7 @@ final class SecurityTests: SSHTestCase {
 
     func test03_APinnedFingerprintWorksWhateverKeyTypeTheServerPrefers() throws {
         let fingerprints = try addECDSAHostKey()
-        FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data()))
         for pin in [fingerprints.ed25519, fingerprints.ecdsa] {
             let (tunneld, port) = try startTunneld("    fingerprint     = \(pin)")
             XCTAssertEqual(try TCP.exchange(port: port, Array("pinned".utf8)), Array("pinned".utf8), "pin \(pin): \(tunneld.log)")
@@ -138,7 +146,7 @@ final class SecurityTests: SSHTestCase {
         let directory = ScratchDirectory("log")
         let hostile = directory.file("conf\n2026-01-01T00:00:00.000Z notice forged line\u{1b}[31m\r")
         try FileManager.default.createDirectory(atPath: hostile, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: hostile + "/s", contents: Data("service s\n{\n    port = 7\u{1b}[2J\n}\n".utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: hostile + "/s", contents: Data("service s\n{\n    port = 7\u{1b}[2J\n}\n".utf8)))
         let log = directory.file("log")
         let child = try ChildProcess(TunneldProcess.binary, ["-f", hostile], environment: ["HOME": directory.path, "PATH": "/usr/bin:/bin"], error: log)
         XCTAssertEqual(child.wait(timeout: 10), 1, "no service to run")

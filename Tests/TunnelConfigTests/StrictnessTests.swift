@@ -132,4 +132,14 @@ final class StrictnessTests: XCTestCase {
         XCTAssertEqual(messages, [])
         XCTAssertEqual(self.service("flags = NAMEINARGS").1, ["ROOT/conf:6: error: s: flags NAMEINARGS means server_args starts with the program name, which only the command form (server = /usr/bin/ssh) has; remove NAMEINARGS"])
     }
+
+    // MARK: --check output
+
+    func testCheckOutputShowsControlCharactersEscaped() {
+        fixture.write("conf/s\u{1b}]0;title\u{7}", "service s\u{1b}[31m\n{\n    port = 7\u{1b}[2J\n    server = h\n    server_args = localhost 25\n}\n")
+        let report = CheckReport(fixture.load()).render()
+        XCTAssertEqual(report.unicodeScalars.filter { $0 != "\n" && ControlCharacters.isControl($0) }.count, 0, report.debugDescription)
+        XCTAssertTrue(report.contains("port: unknown port '7\\x1b[2J'"), report)
+        XCTAssertTrue(report.contains("conf/s\\x1b]0;title\\x07:3"), report)
+    }
 }
