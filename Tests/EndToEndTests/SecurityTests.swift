@@ -127,6 +127,24 @@ final class SecurityTests: SSHTestCase {
         XCTAssertEqual(result.status, 0, result.output + result.error)
         XCTAssertTrue(result.output.contains("smtp: channel to 127.0.0.1:\(smtp.port) via"), result.output)
         XCTAssertEqual(smtp.connectionCount, 1)
+        XCTAssertTrue(result.error.contains("result=ok"), "the banner is read, not written to a closed end: \(result.error)")
+
+        // A target that talks on and on and never closes: the probe still ends, reachable.
+        let (listener, chatty) = try TCP.listen()
+        defer { close(listener) }
+        Thread {
+            let fd = accept(listener, nil, nil)
+            guard fd >= 0 else { return }
+            _ = try? TCP.sendAll(fd, [UInt8](repeating: 0x41, count: 4 << 20))
+            Thread.sleep(forTimeInterval: 10)
+            close(fd)
+        }.start()
+        directory.write("services.d/smtp", stanza("chatty", port: TCP.freePort(), via: sshd, target: chatty))
+        let started = Date()
+        let second = try runProgram(TunneldProcess.binary, ["--check", "--connect", "-f", directory.file("services.d")], environment: ["HOME": directory.path, "PATH": "/usr/bin:/bin"])
+        XCTAssertEqual(second.status, 0, second.output + second.error)
+        XCTAssertTrue(second.output.contains("chatty: channel to 127.0.0.1:\(chatty) via"), second.output)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 8, "it does not wait for the target to stop talking")
     }
 
     // MARK: Access
