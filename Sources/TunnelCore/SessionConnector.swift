@@ -54,29 +54,47 @@ struct SessionConnector {
     /// A session whose host key has the pinned fingerprint. A server with several host keys
     /// shows one per handshake (the type libssh2 prefers), and libssh2 cannot ask again on
     /// the same connection; so when the first key is not the pinned one, each other type is
-    /// asked for on a fresh connection, within the same deadline.
+    /// asked for on a fresh connection, within the same deadline. The type that matched is
+    /// asked for first next time, so a reconnect takes one handshake.
     private func handshakeWithPinnedKey(_ pinned: String, by deadline: ContinuousClock.Instant) throws -> SSHSession {
         let wanted = Self.normalizedFingerprint(pinned)
+        let remembered = Self.pinnedKeyTypes.type(for: key)
         var seen: [HostKey] = []
-        for algorithm in [nil] + Self.allAlgorithms {
-            if let algorithm, seen.contains(where: { $0.algorithm == algorithm }) { continue }
-            guard algorithm == nil || ContinuousClock.now < deadline else { break }
+        var tried: Set<String> = []
+        var lastError: Error?
+        for algorithm in (remembered.map { [$0] } ?? []) + [nil] + Self.allAlgorithms {
+            if let algorithm {
+                guard !tried.contains(algorithm), !seen.contains(where: { $0.algorithm == algorithm }) else { continue }
+                tried.insert(algorithm)
+            }
+            guard ContinuousClock.now < deadline else { break }
             let session: SSHSession
             do {
                 session = try handshake(preferring: algorithm.map { [$0] } ?? [], by: deadline)
+            } catch let failure as ConnectFailure {
+                throw failure
             } catch {
-                // The first try fails like any connect; later ones mostly mean "no key of this type".
+                // With libssh2's own choice this is any failed handshake; asking for one type,
+                // it mostly means the server has no key of that type.
                 if algorithm == nil { throw error }
+                lastError = error
                 continue
             }
             let hostKey = try session.hostKey()
-            if hostKey.fingerprint == wanted { return session }
+            if hostKey.fingerprint == wanted {
+                Self.pinnedKeyTypes.remember(hostKey.algorithm, for: key)
+                return session
+            }
             session.disconnect(reason: "host key is not the pinned one")
             seen.append(hostKey)
         }
+        if seen.isEmpty, let lastError { throw lastError }
         let keys = seen.map { "\($0.algorithm) \($0.fingerprint)" }.joined(separator: ", ")
         throw ConnectFailure(description: "host key of \(key.server) is \(keys), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
     }
+
+    /// The host key type that last matched each pinned fingerprint.
+    private static let pinnedKeyTypes = PinnedKeyTypes()
 
     /// Every host key algorithm libssh2 1.10 can verify, most preferred first.
     static let allAlgorithms = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
@@ -175,5 +193,24 @@ struct SessionConnector {
         var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
         if !(problems + unusable).isEmpty { sentence += ": " + (problems + unusable).joined(separator: "; ") }
         throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
+    }
+}
+
+/// Which host key type matched a session key's pinned fingerprint last time; shared by the
+/// session threads.
+private final class PinnedKeyTypes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var types: [SessionKey: String] = [:]
+
+    func type(for key: SessionKey) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return types[key]
+    }
+
+    func remember(_ type: String, for key: SessionKey) {
+        lock.lock()
+        types[key] = type
+        lock.unlock()
     }
 }

@@ -95,11 +95,16 @@ final class SecurityTests: SSHTestCase {
     func test03_APinnedFingerprintWorksWhateverKeyTypeTheServerPrefers() throws {
         let fingerprints = try addECDSAHostKey()
         XCTAssertTrue(FileManager.default.createFile(atPath: sshd.knownHosts, contents: Data()))
+        func connections() -> Int { sshd.log.components(separatedBy: "Connection from").count - 1 }
+        let before = connections()
         for pin in [fingerprints.ed25519, fingerprints.ecdsa] {
-            let (tunneld, port) = try startTunneld("    fingerprint     = \(pin)")
+            let (tunneld, port) = try startTunneld("    fingerprint     = \(pin)\n    linger          = 0")
             XCTAssertEqual(try TCP.exchange(port: port, Array("pinned".utf8)), Array("pinned".utf8), "pin \(pin): \(tunneld.log)")
+            XCTAssertTrue(waitUntil(timeout: 3) { tunneld.log.contains("session down") }, tunneld.log)
+            XCTAssertEqual(try TCP.exchange(port: port, Array("again".utf8)), Array("again".utf8), "pin \(pin): \(tunneld.log)")
             _ = tunneld.terminate()
         }
+        XCTAssertEqual(connections() - before, 5, "ed25519: two handshakes, then one, as the type is remembered; ecdsa: one each")
         let wrong = "SHA256:" + String(repeating: "A", count: 43)
         let (tunneld, port) = try startTunneld("    fingerprint     = \(wrong)")
         try assertRefused(port)
