@@ -163,6 +163,17 @@ final class SecurityTests: SSHTestCase {
         XCTAssertEqual(echo.connectionCount, 0)
     }
 
+    func test08_IPv4ClientsMatchIPv4RulesWhateverTheirForm() throws {
+        let dualStack = TCP.freePort()
+        let mappedRule = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "dual": stanza("dual", port: dualStack, via: sshd, target: echo.port, extra: "    bind            = ::\n    only_from       = 127.0.0.1"),
+            "mapped": stanza("mapped", port: mappedRule, via: sshd, target: echo.port, extra: "    only_from       = ::ffff:127.0.0.0/104"),
+        ])
+        XCTAssertEqual(try TCP.exchange(port: dualStack, Array("dual".utf8)), Array("dual".utf8), "::ffff:127.0.0.1 on a :: listener is 127.0.0.1: \(tunneld.log)")
+        XCTAssertEqual(try TCP.exchange(port: mappedRule, Array("mapped".utf8)), Array("mapped".utf8), "::ffff:127.0.0.0/104 is 127.0.0.0/8: \(tunneld.log)")
+    }
+
     // MARK: Logs
 
     func test06_OutsideTextCannotForgeOrColourALogLine() throws {
