@@ -1,5 +1,6 @@
 /// Renders what `tunneld --check` prints: every diagnostic, the skipped files, then a table
-/// of the services that would run, then `configuration OK` when there is no error.
+/// of the services that would run, then `configuration OK` when there is no error. Control
+/// characters in messages are escaped, so a configuration cannot drive the terminal.
 public struct CheckReport: Sendable {
     public var configuration: Configuration
 
@@ -44,7 +45,8 @@ public struct CheckReport: Sendable {
         } else {
             lines.append("\(errors) error\(errors == 1 ? "" : "s"), \(warnings) warning\(warnings == 1 ? "" : "s"): services with errors will not run")
         }
-        return lines.joined(separator: "\n") + "\n"
+        // Messages quote configuration words and file names, which may hold control characters.
+        return lines.map { ControlCharacters.escaped($0) }.joined(separator: "\n") + "\n"
     }
 
     /// The settings of `service` that differ from the defaults, as `name=value`.
@@ -63,7 +65,7 @@ public struct CheckReport: Sendable {
         if let instances = service.instances { options.append("instances=\(instances)") }
         if let perSource = service.perSource { options.append("per_source=\(perSource)") }
         if let cps = service.cps { options.append("cps=\(cps.rate)/\(seconds(cps.pause))") }
-        if !service.onlyFrom.isEmpty { options.append("only_from(\(service.onlyFrom.count))") }
+        if let onlyFrom = service.onlyFrom { options.append(onlyFrom.isEmpty ? "only_from(nobody)" : "only_from(\(onlyFrom.count))") }
         if !service.noAccess.isEmpty { options.append("no_access(\(service.noAccess.count))") }
         return options
     }

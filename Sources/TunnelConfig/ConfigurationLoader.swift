@@ -4,8 +4,9 @@ import Foundation
 ///
 /// A directory is read as every regular file in it, in name order, skipping names that start
 /// with `.` or end in `~`, `.bak`, `.dpkg-*` or `.rpm*`. Files may `include` files and
-/// `includedir` directories; loops and depth beyond 8 are errors. All `defaults` stanzas
-/// apply to every service, in the order read.
+/// `includedir` directories; loops (a file or directory that is being read, `includedir .`
+/// among them) and depth beyond 8 are errors, and a file is read once however often it is
+/// included. All `defaults` stanzas apply to every service, in the order read.
 public struct ConfigurationLoader: Sendable {
     /// What the loader needs from the world outside the text: the account's home and name,
     /// the agent socket, and where /etc/services and /etc/passwd live. Tests pass their own.
@@ -30,7 +31,7 @@ public struct ConfigurationLoader: Sendable {
         /// The home directory of a local account, from the password file.
         public func homeDirectory(of account: String) -> String? {
             guard let data = FileManager.default.contents(atPath: passwordFile) else { return nil }
-            for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
                 let fields = line.split(separator: ":", omittingEmptySubsequences: false)
                 if fields.count >= 6, fields[0] == account { return String(fields[5]) }
             }
@@ -61,7 +62,10 @@ public struct ConfigurationLoader: Sendable {
         var items: [(item: Item, file: String)] = []
         var diagnostics: [Diagnostic] = []
         var skipped: [String] = []
+        /// Canonical paths of the files and directories being read, outermost first.
         var visiting: [String] = []
+        /// Canonical paths of every file read so far.
+        var alreadyRead: Set<String> = []
 
         mutating func read(path: String, from place: SourceLocation?, depth: Int) {
             var isDirectory: ObjCBool = false
@@ -76,11 +80,18 @@ public struct ConfigurationLoader: Sendable {
             }
         }
 
-        mutating func readDirectory(_ path: String, from place: SourceLocation?, depth: Int) {
+        mutating func readDirectory(_ path: String, from place: SourceLocation?, depth: Int, as written: String? = nil) {
+            let canonical = (path as NSString).resolvingSymlinksInPath
+            guard !visiting.contains(canonical) else {
+                diagnostics.append(Diagnostic(.error, at: place, "includedir \(written ?? path) includes \(canonical), which is already being read (a loop); remove the includedir"))
+                return
+            }
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
                 diagnostics.append(Diagnostic(.error, at: place, "cannot read the directory \(path); check its permissions"))
                 return
             }
+            visiting.append(canonical)
+            defer { visiting.removeLast() }
             for name in names.sorted() {
                 let full = (path as NSString).appendingPathComponent(name)
                 if ConfigurationLoader.isSkipped(name) {
@@ -102,10 +113,15 @@ public struct ConfigurationLoader: Sendable {
                 diagnostics.append(Diagnostic(.error, at: place, "\(path) includes itself (through \(visiting.last ?? path)); remove the include"))
                 return
             }
+            guard !alreadyRead.contains(canonical) else {
+                diagnostics.append(Diagnostic(.warning, at: place, "\(path) was already read; included once only"))
+                return
+            }
             guard depth <= ConfigurationLoader.maximumIncludeDepth else {
                 diagnostics.append(Diagnostic(.error, at: place, "includes nest deeper than \(ConfigurationLoader.maximumIncludeDepth) files at \(path); flatten them"))
                 return
             }
+            alreadyRead.insert(canonical)
             guard let handle = FileHandle(forReadingAtPath: path) else {
                 diagnostics.append(Diagnostic(.error, at: place, "cannot read \(path); check its permissions"))
                 return
@@ -136,7 +152,7 @@ public struct ConfigurationLoader: Sendable {
                     let directory = resolve(target, relativeTo: path)
                     var isDirectory: ObjCBool = false
                     if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue {
-                        readDirectory(directory, from: SourceLocation(file: path, line: line), depth: depth + 1)
+                        readDirectory(directory, from: SourceLocation(file: path, line: line), depth: depth + 1, as: target)
                     } else {
                         diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: line), "includedir \(target): no such directory"))
                     }
@@ -194,6 +210,12 @@ public struct ConfigurationLoader: Sendable {
                     broken = true
                 }
             }
+            // A disabled stanza is checked for grammar only: what it would mean (a key that
+            // does not exist yet, say) must not block a reload of the others.
+            if let disable = values["disable"], disable.words.count == 1, ValueParser.flag(disable.words[0]) == .success(true) {
+                if !broken { configuration.disabledServices.append((name, location)) }
+                continue
+            }
             var builder = ServiceBuilder(name: name, location: location, values: values, environment: environment, names: names)
             let result = builder.build()
             configuration.diagnostics += builder.diagnostics
@@ -205,8 +227,6 @@ public struct ConfigurationLoader: Sendable {
                 }
                 listening[service.listen] = name
                 configuration.services.append(service)
-            case .disabled:
-                configuration.disabledServices.append((name, location))
             default:
                 break
             }
@@ -244,7 +264,7 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         if let text = one("shutdown_timeout") {
-            switch ValueParser.seconds(text) {
+            switch ValueParser.seconds(text, atMost: .hour) {
             case .success(let seconds): settings.shutdownTimeout = seconds
             case .failure(let message): diagnostics.append(Diagnostic(.error, at: place("shutdown_timeout"), "shutdown_timeout: \(message)"))
             }

@@ -2,8 +2,9 @@ import Foundation
 
 /// The host keys OpenSSH known_hosts files hold, looked up the way ssh does: the name is
 /// `host` for port 22 and `[host]:port` otherwise; patterns may be hashed (`|1|salt|hash`),
-/// use `*` and `?`, or be negated with `!`. `@revoked` keys are kept (marked);
-/// `@cert-authority` lines are skipped (tunneld does not use host certificates).
+/// use `*` and `?`, or be negated with `!`. `@revoked` keys are kept (marked), and a revoked
+/// key is refused wherever its line is; `@cert-authority` lines are skipped (tunneld does not
+/// use host certificates). Lines may end in "\r\n".
 public struct KnownHosts: Sendable {
     struct Entry: Sendable {
         var patterns: [String]
@@ -19,15 +20,22 @@ public struct KnownHosts: Sendable {
             guard let handle = FileHandle(forReadingAtPath: path) else { continue }
             let data = (try? handle.read(upToCount: 16 << 20)) ?? Data()
             try? handle.close()
-            hosts.entries += parse(String(decoding: data, as: UTF8.self), file: path)
+            hosts.entries += parse([UInt8](data), file: path)
         }
         return hosts
     }
 
     static func parse(_ text: String, file: String) -> [Entry] {
+        parse(Array(text.utf8), file: file)
+    }
+
+    /// Reads lines as bytes: Swift takes "\r\n" for one Character, so a CRLF file would not
+    /// split on "\n" Characters. A trailing "\r" is dropped from each line.
+    static func parse(_ bytes: [UInt8], file: String) -> [Entry] {
         var entries: [Entry] = []
-        for (index, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            var fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        for (index, raw) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() {
+            let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw
+            var fields = line.split(whereSeparator: { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }).map { String(decoding: $0, as: UTF8.self) }
             guard let first = fields.first, !first.hasPrefix("#") else { continue }
             var isRevoked = false
             if first.hasPrefix("@") {
@@ -48,6 +56,27 @@ public struct KnownHosts: Sendable {
     public func keys(forHost host: String, port: UInt16) -> [KnownHostKey] {
         let name = Self.lookupName(host: host, port: port)
         return entries.filter { Self.matches(name, patterns: $0.patterns) }.map(\.key)
+    }
+
+    /// What known_hosts says about the key a server showed.
+    public enum Verdict: Equatable, Sendable {
+        /// A line holds this key for the host.
+        case known(SourceLocation)
+        /// A `@revoked` line holds this key: refuse it, whatever other lines say.
+        case revoked(SourceLocation)
+        /// The host has other keys (the first at this place), not this one.
+        case changed(SourceLocation)
+        /// No line names the host.
+        case unknown
+    }
+
+    /// Judges `key` against `known`, the host's keys from `keys(forHost:port:)`.
+    public static func verdict(keyType: String, key: [UInt8], known: [KnownHostKey]) -> Verdict {
+        let matches = known.filter { $0.keyType == keyType && $0.key == key }
+        if let revoked = matches.first(where: \.isRevoked) { return .revoked(revoked.location) }
+        if let match = matches.first { return .known(match.location) }
+        if let previous = known.first(where: { !$0.isRevoked }) { return .changed(previous.location) }
+        return .unknown
     }
 
     /// The line to append for a key, as `ssh-keyscan` would print it.

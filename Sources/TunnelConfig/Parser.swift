@@ -21,11 +21,19 @@ struct Parser {
     private let file: String
     private var position = 0
     private(set) var diagnostics: [Diagnostic] = []
+    /// Whether any top-level word was `service`, `defaults`, `include` or `includedir`.
+    private var sawStanzaKeyword = false
 
-    /// Parses `text` read from `file` (the name is used in messages only).
+    /// Parses `text` read from `file` (the name is used in messages only). A file with errors
+    /// and not one `service`, `defaults`, `include` or `includedir` is not a configuration
+    /// file (say, `include /etc/shadow`): one error says so, and none quotes its content.
     static func parse(_ text: String, file: String) -> (items: [Item], diagnostics: [Diagnostic]) {
         var parser = Parser(tokens: Lexer.tokenize(text, knownNames: AttributeTable.allNames), file: file)
         let items = parser.parseFile()
+        if !parser.sawStanzaKeyword, let first = parser.tokens.first, !parser.diagnostics.isEmpty {
+            let message = "\(file) is not a configuration file (it does not start with service, defaults, include or includedir); its content is not shown"
+            return ([], [Diagnostic(.error, at: SourceLocation(file: file, line: first.line), message)])
+        }
         return (items, parser.diagnostics)
     }
 
@@ -55,6 +63,7 @@ struct Parser {
             if word.utf8.count >= Lexer.maximumWordLength {
                 error(token.line, nil, "a word of \(Lexer.maximumWordLength) or more characters; is this a configuration file?")
             }
+            if ["service", "defaults", "include", "includedir"].contains(word) { sawStanzaKeyword = true }
             switch word {
             case "service":
                 position += 1

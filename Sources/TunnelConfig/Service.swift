@@ -43,8 +43,8 @@ public struct Service: Sendable, Equatable {
     public var perSource: Int?
     /// Connection-rate limit; `nil` is none.
     public var cps: ConnectionRate?
-    /// Clients allowed (`only_from`); empty means anyone.
-    public var onlyFrom: [AddressMatch]
+    /// Clients allowed (`only_from`): `nil` (no only_from) admits anyone, an empty list nobody.
+    public var onlyFrom: [AddressMatch]?
     /// Clients refused (`no_access`).
     public var noAccess: [AddressMatch]
     /// xinetd `log_on_success` fields, upper-cased.
@@ -60,7 +60,7 @@ public struct Service: Sendable, Equatable {
         fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4,
         keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10,
         instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil,
-        onlyFrom: [AddressMatch] = [], noAccess: [AddressMatch] = [],
+        onlyFrom: [AddressMatch]? = nil, noAccess: [AddressMatch] = [],
         logOnSuccess: Set<String> = [], logOnFailure: Set<String> = []
     ) {
         self.name = name

@@ -53,11 +53,12 @@ struct ServiceBuilder {
         }
     }
 
-    /// Returns the service, `.disabled` for `disable = yes`, or nil when it has errors.
+    /// Returns the service, or `.failed` when it has errors.
     mutating func build() -> BuildResult {
         checkAttributeNames()
         checkXinetdCompatibility()
-        let isDisabled = parse("disable", ValueParser.flag) ?? false
+        // The loader takes `disable = yes` stanzas out before building; any other value is checked here.
+        _ = parse("disable", ValueParser.flag)
 
         // Where to listen.
         let serviceNames = names
@@ -72,6 +73,8 @@ struct ServiceBuilder {
                 error(bindAttribute, "bind '\(text)' is not an address; use an IPv4 or IPv6 address, localhost, or *")
             }
         }
+
+        checkAddressFamilyFlags(listenHost: listenHost)
 
         // Where to go.
         let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
@@ -102,18 +105,21 @@ struct ServiceBuilder {
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
 
         // Session life.
-        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0) } ?? 30
+        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
         let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
         let keepalive = resolveKeepalive()
-        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false) } ?? 10
+        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
 
         // Limits and access.
         let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
         let perSource = values["per_source"] == nil ? nil : parse("per_source", ValueParser.limit) ?? nil
         let cps = resolveRate()
-        let onlyFrom = resolveMatches("only_from")
+        let onlyFrom = values["only_from"] == nil ? nil : resolveMatches("only_from")
         let noAccess = resolveMatches("no_access")
+        if values["only_from"]?.words.isEmpty == true {
+            warning("only_from", "only_from is empty, so nobody may connect (as in xinetd); list the client addresses, or remove only_from to admit anyone")
+        }
         if !Self.isLoopback(listenHost) && values["only_from"] == nil {
             warning(values[bindAttribute] == nil ? nil : bindAttribute, "listens on \(listenHost), beyond this machine, with no only_from; anyone who reaches the port can use the tunnel; add only_from = ADDRESSES")
         }
@@ -129,14 +135,12 @@ struct ServiceBuilder {
             isPersistent: persistent, sessions: sessions, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
             logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
-        if isDisabled { return .disabled }
         checkKnownHosts(service)
         return .built(service)
     }
 
     enum BuildResult {
         case built(Service)
-        case disabled
         case failed
     }
 
@@ -170,6 +174,24 @@ struct ServiceBuilder {
         }
     }
 
+    /// xinetd's `flags = IPv4` / `IPv6` choose the socket's family; tunneld's is `bind`'s.
+    /// A flag that disagrees with it is a warning, never silently dropped.
+    private mutating func checkAddressFamilyFlags(listenHost: String) {
+        let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
+        let isIPv6 = ValueParser.ipv6(listenHost) != nil
+        if flags.contains("IPV6") && !isIPv6 {
+            warning("flags", "flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (\(listenHost), IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6")
+        }
+        if flags.contains("IPV4") && isIPv6 {
+            warning("flags", "flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (\(listenHost), IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4")
+        }
+    }
+
+    /// Whether `flags` holds NAMEINARGS: server_args then starts with the program's name.
+    private var isNameInArgs: Bool {
+        (values["flags"]?.words ?? []).contains { $0.uppercased() == "NAMEINARGS" }
+    }
+
     // MARK: Server and target
 
     private mutating func resolveServerAndTarget() -> (String?, UInt16, String, String, [String], Endpoint?) {
@@ -191,10 +213,12 @@ struct ServiceBuilder {
                 login = localUser
                 home = accountHome
             }
-            guard let arguments = values["server_args"]?.words, !arguments.isEmpty else {
+            guard var arguments = values["server_args"]?.words, !arguments.isEmpty else {
                 error(nil, "server = \(serverText) needs server_args = [options] [user@]host nc HOST PORT")
                 return (nil, 22, login, home, [], nil)
             }
+            // xinetd's NAMEINARGS: the first word is the program's name (argv[0]), not an argument.
+            if isNameInArgs { arguments.removeFirst() }
             switch XinetdCommand.parse(arguments, names: names) {
             case .failure(let message):
                 error("server_args", message.text)
@@ -207,6 +231,9 @@ struct ServiceBuilder {
             }
         }
 
+        if isNameInArgs {
+            error("flags", "flags NAMEINARGS means server_args starts with the program name, which only the command form (server = /usr/bin/ssh) has; remove NAMEINARGS")
+        }
         guard let server = Self.serverAddress(serverText) else {
             error("server", "server '\(serverText)' is not [USER@]HOST[:PORT]; write e.g. server = tunnel@bastion.example.org:22 or [2001:db8::1]:2222")
             return (nil, 22, login, home, [], nil)
@@ -303,12 +330,8 @@ struct ServiceBuilder {
                 error("identity", "identity \(path) does not exist; create a key with ssh-keygen -t ed25519 -f \(path), or fix the path")
                 continue
             }
-            guard info.st_mode & S_IFMT == S_IFREG else {
-                error("identity", "identity \(path) is not a regular file")
-                continue
-            }
-            if info.st_mode & 0o077 != 0 {
-                error("identity", "identity \(path) is readable by group or others; OpenSSH refuses such keys too: chmod 600 \(path)")
+            if let problem = PrivateFile.problem(path, attribute: "identity") {
+                error("identity", problem)
                 continue
             }
             guard let handle = FileHandle(forReadingAtPath: path) else {
@@ -329,8 +352,8 @@ struct ServiceBuilder {
             error(attribute, "\(attribute) \(path) does not exist")
             return
         }
-        if info.st_mode & 0o077 != 0 {
-            error(attribute, "\(attribute) \(path) is readable by group or others; chmod 600 \(path)")
+        if let problem = PrivateFile.problem(path, attribute: attribute) {
+            error(attribute, problem)
         }
     }
 
@@ -358,10 +381,14 @@ struct ServiceBuilder {
             error("keepalive", "keepalive '\(words.joined(separator: " "))' is not INTERVAL [COUNT], e.g. keepalive = 15 3")
             return Keepalive()
         }
+        if case .failure(let message) = ValueParser.seconds(words[0], atMost: .hour) {
+            error("keepalive", "keepalive interval \(message)")
+            return Keepalive()
+        }
         var count = 3
         if words.count == 2 {
-            guard let value = Int(words[1]), (1...1000).contains(value) else {
-                error("keepalive", "keepalive count '\(words[1])' is not a number from 1 to 1000")
+            guard let value = Int(words[1]), (1...100).contains(value) else {
+                error("keepalive", "keepalive count '\(words[1])' is not a number from 1 to 100")
                 return Keepalive()
             }
             count = value
@@ -375,6 +402,14 @@ struct ServiceBuilder {
         guard words.count == 2, let rate = Int(words[0]), rate > 0,
               case .success(let pause) = ValueParser.seconds(words[1], allowZero: false) else {
             error("cps", "cps '\(words.joined(separator: " "))' is not RATE SECONDS, e.g. cps = 50 10")
+            return nil
+        }
+        guard rate <= 1_000_000 else {
+            error("cps", "cps rate '\(words[0])' is not a number from 1 to 1000000")
+            return nil
+        }
+        if case .failure(let message) = ValueParser.seconds(words[1], atMost: .day) {
+            error("cps", "cps pause \(message)")
             return nil
         }
         return ConnectionRate(rate: rate, pause: pause)
@@ -414,7 +449,8 @@ enum KeyFile {
         let text = String(decoding: head, as: UTF8.self)
         if text.contains("BEGIN RSA PRIVATE KEY") { return true }
         guard text.contains("BEGIN OPENSSH PRIVATE KEY") else { return false }
-        let body = text.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+        // isNewline: a key saved with CRLF line ends has "\r\n" Characters, not "\n".
+        let body = text.split(whereSeparator: \.isNewline).filter { !$0.hasPrefix("-----") }.joined()
         guard let blob = Data(base64Encoded: String(body.prefix(400 - 400 % 4))) ?? Data(base64Encoded: body) else { return false }
         return String(decoding: blob.prefix(200), as: UTF8.self).contains("ssh-rsa")
     }

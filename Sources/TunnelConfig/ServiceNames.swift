@@ -35,8 +35,28 @@ enum ValueParser {
         return .failure("unknown port '\(text)'; use a number or a TCP service name from /etc/services")
     }
 
-    /// A duration in seconds: `30`, `0.5`, `30s`, `5m`, `1h`.
-    static func seconds(_ text: String, allowZero: Bool = true) -> Result<Double, Message> {
+    /// The most a duration attribute may be, in seconds and as a sentence says it.
+    struct Limit {
+        var seconds: Double
+        var words: String
+        var written: String
+
+        static let tenMinutes = Limit(seconds: 600, words: "10 minutes", written: "10m")
+        static let hour = Limit(seconds: 3600, words: "1 hour", written: "1h")
+        static let day = Limit(seconds: 86_400, words: "1 day", written: "24h")
+        static let year = Limit(seconds: 86_400 * 365, words: "a year", written: "8760h")
+    }
+
+    /// A duration in seconds, `30`, `0.5`, `30s`, `5m`, `1h`, of at most `limit`.
+    static func seconds(_ text: String, allowZero: Bool = true, atMost limit: Limit = .year) -> Result<Double, Message> {
+        let result = anySeconds(text, allowZero: allowZero)
+        if case .success(let value) = result, value > limit.seconds {
+            return .failure("'\(text)' is more than \(limit.words); use at most \(limit.written)")
+        }
+        return result
+    }
+
+    private static func anySeconds(_ text: String, allowZero: Bool) -> Result<Double, Message> {
         var number = text.lowercased()
         var scale = 1.0
         if let last = number.last, "smh".contains(last) {
@@ -138,6 +158,9 @@ enum ValueParser {
         let address = parts[0]
         guard let bytes = ipv4(address) ?? ipv6(address) else {
             if parts.count == 1, isHostName(address) { return .success(.hostname(address.lowercased())) }
+            if parts.count == 1, address.hasPrefix("."), isHostName(String(address.dropFirst())) {
+                return .failure("'\(text)' is xinetd's domain form, which needs a reverse DNS lookup of every client; tunneld does not do that: list the clients' addresses, CIDR blocks or host names")
+            }
             return .failure("'\(text)' is not an address, a CIDR block or a host name")
         }
         let bits = bytes.count * 8
@@ -153,6 +176,10 @@ enum ValueParser {
                 return .failure("'\(text)' has a bad prefix length; use 0–\(bits)")
             }
             prefix = value
+        }
+        // An IPv4-mapped block (::ffff:a.b.c.d) is the IPv4 block: clients come as IPv4.
+        if bytes.count == 16, prefix >= 96, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff {
+            return .success(.network(address: Array(bytes[12..<16]), prefixLength: prefix - 96))
         }
         return .success(.network(address: bytes, prefixLength: prefix))
     }

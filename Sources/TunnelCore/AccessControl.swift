@@ -3,11 +3,12 @@ import Glibc
 import TunnelConfig
 
 /// Decides whether a client address may use a service, from `only_from` and `no_access`
-/// as xinetd reads them: no `only_from` means anyone; when both lists match, the more
+/// as xinetd reads them: no `only_from` means anyone, an empty one nobody; IPv4-mapped IPv6
+/// clients (`::ffff:a.b.c.d`, on a `::` listener) are IPv4 clients; when both lists match, the more
 /// specific match (the longer prefix; a host name counts as a full address) wins, and a tie
 /// refuses.
 struct AccessControl {
-    let onlyFrom: [AddressMatch]
+    let onlyFrom: [AddressMatch]?
     let noAccess: [AddressMatch]
     private let resolver: HostResolver
 
@@ -18,15 +19,15 @@ struct AccessControl {
     }
 
     /// Whether there is any rule at all (most services have none).
-    var isOpen: Bool { onlyFrom.isEmpty && noAccess.isEmpty }
+    var isOpen: Bool { onlyFrom == nil && noAccess.isEmpty }
 
     /// nil when `peer` (a numeric address) may connect, else the rule that refuses it.
     func refusal(for peer: String) -> String? {
         guard !isOpen else { return nil }
         guard let address = Self.bytes(of: peer) else { return "unparsable client address \(peer)" }
-        let allowed = bestMatch(onlyFrom, address)
+        let allowed = onlyFrom.flatMap { bestMatch($0, address) }
         let denied = bestMatch(noAccess, address)
-        if !onlyFrom.isEmpty && allowed == nil {
+        if onlyFrom != nil && allowed == nil {
             return "not in only_from"
         }
         if let denied, denied.specificity >= (allowed?.specificity ?? -1) {

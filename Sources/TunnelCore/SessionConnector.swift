@@ -18,21 +18,15 @@ struct SessionConnector {
     /// Returns an authenticated session, or throws `ConnectFailure` saying what went wrong.
     func connect() throws -> SSHSession {
         let deadline = ContinuousClock.now + .milliseconds(Int(connectTimeout * 1000))
-        let fd: Int32
         do {
-            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
-        } catch {
-            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
-        }
-        do {
-            let session = try SSHSession(socket: fd)
-            let knownHosts = KnownHosts.load(paths: key.knownHosts)
-            let known = knownHosts.keys(forHost: key.server.host, port: key.server.port)
-            if key.fingerprint == nil {
-                session.preferHostKeyAlgorithms(Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)))
+            let session: SSHSession
+            if let pinned = key.fingerprint {
+                session = try handshakeWithPinnedKey(pinned, by: deadline)
+            } else {
+                let known = KnownHosts.load(paths: key.knownHosts).keys(forHost: key.server.host, port: key.server.port)
+                session = try handshake(preferring: Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)), by: deadline)
+                try verifyHostKey(try session.hostKey(), known: known)
             }
-            try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
-            try verifyHostKey(try session.hostKey(), known: known)
             try authenticate(session, by: deadline)
             return session
         } catch let failure as ConnectFailure {
@@ -42,9 +36,72 @@ struct SessionConnector {
         }
     }
 
+    /// TCP connect and SSH handshake, offering `algorithms` for the host key (libssh2's own
+    /// preference when empty).
+    private func handshake(preferring algorithms: [String], by deadline: ContinuousClock.Instant) throws -> SSHSession {
+        let fd: Int32
+        do {
+            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
+        } catch {
+            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
+        }
+        let session = try SSHSession(socket: fd)
+        session.preferHostKeyAlgorithms(algorithms)
+        try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
+        return session
+    }
+
+    /// A session whose host key has the pinned fingerprint. A server with several host keys
+    /// shows one per handshake (the type libssh2 prefers), and libssh2 cannot ask again on
+    /// the same connection; so when the first key is not the pinned one, each other type is
+    /// asked for on a fresh connection, within the same deadline. The type that matched is
+    /// asked for first next time, so a reconnect takes one handshake.
+    private func handshakeWithPinnedKey(_ pinned: String, by deadline: ContinuousClock.Instant) throws -> SSHSession {
+        let wanted = Self.normalizedFingerprint(pinned)
+        let remembered = Self.pinnedKeyTypes.type(for: key)
+        var seen: [HostKey] = []
+        var tried: Set<String> = []
+        var lastError: Error?
+        for algorithm in (remembered.map { [$0] } ?? []) + [nil] + Self.allAlgorithms {
+            if let algorithm {
+                guard !tried.contains(algorithm), !seen.contains(where: { $0.algorithm == algorithm }) else { continue }
+                tried.insert(algorithm)
+            }
+            guard ContinuousClock.now < deadline else { break }
+            let session: SSHSession
+            do {
+                session = try handshake(preferring: algorithm.map { [$0] } ?? [], by: deadline)
+            } catch let failure as ConnectFailure {
+                throw failure
+            } catch {
+                // With libssh2's own choice this is any failed handshake; asking for one type,
+                // it mostly means the server has no key of that type.
+                if algorithm == nil { throw error }
+                lastError = error
+                continue
+            }
+            let hostKey = try session.hostKey()
+            if hostKey.fingerprint == wanted {
+                Self.pinnedKeyTypes.remember(hostKey.algorithm, for: key)
+                return session
+            }
+            session.disconnect(reason: "host key is not the pinned one")
+            seen.append(hostKey)
+        }
+        if seen.isEmpty, let lastError { throw lastError }
+        let keys = seen.map { "\($0.algorithm) \($0.fingerprint)" }.joined(separator: ", ")
+        throw ConnectFailure(description: "host key of \(key.server) is \(keys), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
+    }
+
+    /// The host key type that last matched each pinned fingerprint.
+    private static let pinnedKeyTypes = PinnedKeyTypes()
+
+    /// Every host key algorithm libssh2 1.10 can verify, most preferred first.
+    static let allAlgorithms = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+
     /// The host key algorithms libssh2 1.10 can verify, in the order known_hosts lists them.
     static func supportedAlgorithms(in keyTypes: [String]) -> [String] {
-        let supported: Set<String> = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa"]
+        let supported = Set(allAlgorithms)
         var seen = Set<String>()
         return keyTypes.filter { supported.contains($0) && seen.insert($0).inserted }
     }
@@ -53,21 +110,16 @@ struct SessionConnector {
 
     private func verifyHostKey(_ hostKey: HostKey, known: [KnownHostKey]) throws {
         let fingerprint = hostKey.fingerprint
-        if let pinned = key.fingerprint {
-            guard Self.normalizedFingerprint(pinned) == fingerprint else {
-                throw ConnectFailure(description: "host key of \(key.server) is \(hostKey.algorithm) \(fingerprint), not the pinned fingerprint \(pinned); if the server's key really changed, update fingerprint")
-            }
-            return
-        }
         let line = KnownHosts.entryLine(host: key.server.host, port: key.server.port, keyType: hostKey.algorithm, key: hostKey.blob)
-        if let match = known.first(where: { $0.keyType == hostKey.algorithm && $0.key == hostKey.blob }) {
-            if match.isRevoked {
-                throw ConnectFailure(description: "host key of \(key.server) (\(hostKey.algorithm) \(fingerprint)) is marked @revoked at \(match.location)")
-            }
+        switch KnownHosts.verdict(keyType: hostKey.algorithm, key: hostKey.blob, known: known) {
+        case .known:
             return
-        }
-        if let previous = known.first(where: { !$0.isRevoked }) {
-            throw ConnectFailure(description: "HOST KEY CHANGED for \(key.server): server sent \(hostKey.algorithm) \(fingerprint) but \(previous.location) holds another key; if the change is expected, replace that line with: \(line)")
+        case .revoked(let location):
+            throw ConnectFailure(description: "host key of \(key.server) (\(hostKey.algorithm) \(fingerprint)) is marked @revoked at \(location)")
+        case .changed(let location):
+            throw ConnectFailure(description: "HOST KEY CHANGED for \(key.server): server sent \(hostKey.algorithm) \(fingerprint) but \(location) holds another key; if the change is expected, replace that line with: \(line)")
+        case .unknown:
+            break
         }
         switch key.hostKeyPolicy {
         case .strict:
@@ -78,9 +130,9 @@ struct SessionConnector {
                 throw ConnectFailure(description: "unknown host key for \(key.server) and no known_hosts file to pin it in")
             }
             do {
-                try Self.append(line: line, to: file)
+                try KnownHosts.append(line: line, to: file)
             } catch {
-                throw ConnectFailure(description: "cannot pin the host key of \(key.server) in \(file): \(error)")
+                throw ConnectFailure(description: "cannot pin the host key of \(key.server): \(error)")
             }
             logger.notice("pinned new host key", metadata: [
                 "ssh.host": "\(key.server)", "host_key.fingerprint": "\(fingerprint)", "known_hosts": "\(file)",
@@ -93,26 +145,6 @@ struct SessionConnector {
         var value = text.trimmingCharacters(in: .whitespaces)
         while value.hasSuffix("=") { value.removeLast() }
         return value
-    }
-
-    private static func append(line: String, to path: String) throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        if !directory.isEmpty {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        }
-        if !FileManager.default.fileExists(atPath: path) {
-            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o644])
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        defer { try? handle.close() }
-        let end = try handle.seekToEnd()
-        var text = line + "\n"
-        if end > 0 {
-            try handle.seek(toOffset: end - 1)
-            if let last = try handle.read(upToCount: 1), last != Data("\n".utf8) { text = "\n" + text }
-            try handle.seekToEnd()
-        }
-        try handle.write(contentsOf: Data(text.utf8))
     }
 
     // MARK: Authentication
@@ -128,9 +160,20 @@ struct SessionConnector {
                 problems.append("\(error)")
             }
         }
+        var unusable: [String] = []
         for identity in key.identities where FileManager.default.fileExists(atPath: identity) {
+            // Checked again here: the file may have changed since the configuration was read.
+            if let problem = PrivateFile.problem(identity, attribute: "identity") {
+                unusable.append(problem)
+                continue
+            }
             tried.append(identity)
-            let passphrase = try key.identityPassphraseFile.map(Self.readPassphrase)
+            let passphrase: String?
+            do {
+                passphrase = try key.identityPassphraseFile.map(PrivateFile.readPassphrase)
+            } catch {
+                throw ConnectFailure(description: "cannot log in to \(key.server) with \(identity): \(error)")
+            }
             do {
                 try session.complete("authentication with \(identity)", by: deadline) {
                     try session.authenticate(user: key.user, privateKeyFile: identity, passphrase: passphrase)
@@ -141,19 +184,33 @@ struct SessionConnector {
                 problems.append("\(identity): \(error.message)")
             }
         }
+        if tried.isEmpty && !unusable.isEmpty {
+            throw ConnectFailure(description: "no usable key to log in to \(key.server) with: " + unusable.joined(separator: "; "))
+        }
         if tried.isEmpty {
             throw ConnectFailure(description: "no key to log in to \(key.server) with: no ssh-agent and none of \(key.identities.joined(separator: ", ")) exists; set identity")
         }
         var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
-        if !problems.isEmpty { sentence += ": " + problems.joined(separator: "; ") }
+        if !(problems + unusable).isEmpty { sentence += ": " + (problems + unusable).joined(separator: "; ") }
         throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
     }
+}
 
-    private static func readPassphrase(_ path: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path), var text = String(data: data, encoding: .utf8) else {
-            throw ConnectFailure(description: "cannot read identity_passphrase_file \(path)")
-        }
-        while text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }
-        return text
+/// Which host key type matched a session key's pinned fingerprint last time; shared by the
+/// session threads.
+private final class PinnedKeyTypes: @unchecked Sendable {
+    private let lock = NSLock()
+    private var types: [SessionKey: String] = [:]
+
+    func type(for key: SessionKey) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return types[key]
+    }
+
+    func remember(_ type: String, for key: SessionKey) {
+        lock.lock()
+        types[key] = type
+        lock.unlock()
     }
 }

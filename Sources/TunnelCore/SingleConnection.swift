@@ -26,18 +26,35 @@ public enum SingleConnection {
 
     /// Logs in to `service`'s server and opens its channel once, sending nothing. Returns
     /// nil when the channel opened, else why not (`refused: administratively prohibited`, ...).
+    /// What the target sends (a banner) is read and dropped, up to 64 KiB.
     public static func probe(service: Service, logger: Logger) -> String? {
+        // Past the 64 KiB, writes to the probe's end fail with EPIPE: that must not kill the process.
+        signal(SIGPIPE, SIG_IGN)
         var ends: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0 else {
             return "socketpair: \(String(cString: strerror(errno)))"
         }
         Socket.setNonBlocking(ends[0])
-        // The probe's own end says EOF at once: the channel opens, gets EOF, and closes.
-        close(ends[1])
+        // The probe's own end says EOF at once: the channel opens, gets EOF, and closes when
+        // the target does. A target that speaks first (SMTP, SIP2) gets its banner read.
+        shutdown(ends[1], Int32(SHUT_WR))
+        let probeEnd = ends[1]
+        Thread {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var total = 0
+            while total < 64 * 1024 {
+                let count = read(probeEnd, &buffer, buffer.count)
+                if count < 0 && errno == EINTR { continue }
+                if count <= 0 { break }
+                total += count
+            }
+            close(probeEnd)
+        }.start()
         let outcome = carry(ClientEnd(socket: ends[0]), service: service, logger: logger)
         switch outcome {
         case .refused, .sshFailed: return "\(outcome)"
-        default: return nil
+        // The channel opened; a client error is the target sending more than the probe reads.
+        case .ok, .clientError, .shutdown, .limit, .access: return nil
         }
     }
 

@@ -1,9 +1,12 @@
 import Foundation
 import Logging
+import TunnelConfig
 
 /// Writes one line per log event to standard error:
 /// `2026-11-23T05:30:00.123Z info connection closed service=smtp peer=127.0.0.1:5555 result=ok`.
-/// Metadata keys are sorted; a value with spaces, quotes or `=` is written in double quotes.
+/// Metadata keys are sorted; a value with spaces, quotes, `=`, `\` or control characters is
+/// written in double quotes. Control characters are escaped everywhere, the message included,
+/// so one event is always exactly one line.
 struct LineLogHandler: LogHandler {
     let label: String
     var logLevel: Logger.Level = .info
@@ -20,7 +23,7 @@ struct LineLogHandler: LogHandler {
 
     func log(event: LogEvent) {
         var line = Self.timestamp()
-        line += " \(event.level.rawValue) \(event.message)"
+        line += " \(event.level.rawValue) \(ControlCharacters.escaped("\(event.message)"))"
         let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
         for key in merged.keys.sorted() {
             line += " \(key)=\(Self.quoted("\(merged[key]!)"))"
@@ -39,14 +42,14 @@ struct LineLogHandler: LogHandler {
         }
     }
 
-    private static func quoted(_ value: String) -> String {
-        guard value.isEmpty || value.contains(where: { $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\n" }) else {
-            return value
+    /// A metadata value as written: bare when it is plain, else in double quotes with `\\`,
+    /// `"` and control characters escaped.
+    static func quoted(_ value: String) -> String {
+        let needsQuotes = value.isEmpty || value.unicodeScalars.contains {
+            $0 == " " || $0 == "\"" || $0 == "=" || $0 == "\\" || ControlCharacters.isControl($0)
         }
-        let escaped = value.replacingOccurrences(of: "\\", with: "\\\\")
-            .replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n")
-        return "\"\(escaped)\""
+        guard needsQuotes else { return value }
+        return "\"" + ControlCharacters.escaped(value, alsoEscaping: ["\\", "\""]) + "\""
     }
 
     private static func timestamp() -> String {

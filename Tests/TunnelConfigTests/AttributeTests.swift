@@ -34,7 +34,7 @@ final class AttributeTests: XCTestCase {
         XCTAssertNil(service.instances)
         XCTAssertNil(service.perSource)
         XCTAssertNil(service.cps)
-        XCTAssertTrue(service.onlyFrom.isEmpty)
+        XCTAssertNil(service.onlyFrom)
         XCTAssertEqual(service.location.line, 1)
     }
 
@@ -102,7 +102,7 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(service("linger = soon").1.first, "ROOT/conf:6: error: s: linger: 'soon' is not a duration; use seconds like 30, 0.5, or 5m")
         XCTAssertEqual(service("connect_timeout = 0").1.first, "ROOT/conf:6: error: s: connect_timeout: '0' must be more than 0")
         XCTAssertEqual(service("keepalive = a b c").1.first, "ROOT/conf:6: error: s: keepalive 'a b c' is not INTERVAL [COUNT], e.g. keepalive = 15 3")
-        XCTAssertEqual(service("keepalive = 5 0").1.first, "ROOT/conf:6: error: s: keepalive count '0' is not a number from 1 to 1000")
+        XCTAssertEqual(service("keepalive = 5 0").1.first, "ROOT/conf:6: error: s: keepalive count '0' is not a number from 1 to 100")
         XCTAssertEqual(service("instances = -1").1.first, "ROOT/conf:6: error: s: instances: '-1' is not a positive number or UNLIMITED")
         XCTAssertEqual(service("cps = 50").1.first, "ROOT/conf:6: error: s: cps '50' is not RATE SECONDS, e.g. cps = 50 10")
         XCTAssertEqual(service("persistent = maybe").1.first, "ROOT/conf:6: error: s: persistent: 'maybe' is not yes or no")

@@ -37,6 +37,9 @@ final class FilesAndKeysTests: XCTestCase {
     func testAnRSAKeyIsRefusedWithTheReason() {
         let key = fixture.key("rsa", type: "rsa")
         XCTAssertEqual(load("identity = \(key)").1.first, "ROOT/conf/s:6: error: s: identity ROOT/rsa is an RSA key: libssh2 1.10 signs only with ssh-rsa (SHA-1), which OpenSSH 8.8 and later refuse; make an ed25519 key with ssh-keygen -t ed25519")
+        let text = try! String(contentsOfFile: key, encoding: .utf8)
+        let crlf = fixture.write("rsa-crlf", text.replacingOccurrences(of: "\n", with: "\r\n"), mode: 0o600)
+        XCTAssertEqual(load("identity = \(crlf)").1.first, "ROOT/conf/s:6: error: s: identity ROOT/rsa-crlf is an RSA key: libssh2 1.10 signs only with ssh-rsa (SHA-1), which OpenSSH 8.8 and later refuse; make an ed25519 key with ssh-keygen -t ed25519", "a key saved with CRLF line ends too")
         let ecdsa = fixture.key("ecdsa", type: "ecdsa")
         XCTAssertNotNil(load("identity = \(ecdsa)").0)
     }
@@ -111,9 +114,57 @@ final class KnownHostsTests: XCTestCase {
         XCTAssertEqual(KnownHosts.entryLine(host: "Bastion", port: 22, keyType: "ssh-ed25519", key: [1, 2, 3]), "bastion ssh-ed25519 AQID")
     }
 
+    func testCRLFFilesMatch() {
+        let hosts = KnownHosts(entries: KnownHosts.parse("# written on Windows\r\nbastion.example.org ssh-ed25519 \(blob)\r\n[bastion.example.org]:2222 ssh-ed25519 \(blob)\r\n", file: "kh"))
+        XCTAssertEqual(hosts.keys(forHost: "bastion.example.org", port: 22).map(\.location), [SourceLocation(file: "kh", line: 2)])
+        XCTAssertEqual(hosts.keys(forHost: "bastion.example.org", port: 2222).map(\.location), [SourceLocation(file: "kh", line: 3)])
+    }
+
+    func testRevokedWinsWhereverItIs() {
+        let hosts = KnownHosts(entries: KnownHosts.parse("""
+            bastion.example.org ssh-ed25519 \(blob)
+            @cert-authority bastion.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGNhY2FjYWNhY2FjYWNhY2FjYWNhY2FjYWNhY2FjYWM=
+            @revoked * ssh-ed25519 \(blob)
+            """, file: "kh"))
+        let known = hosts.keys(forHost: "bastion.example.org", port: 22)
+        XCTAssertEqual(known.count, 2, "@cert-authority lines are not host keys")
+        let key = [UInt8](Data(base64Encoded: blob)!)
+        XCTAssertEqual(KnownHosts.verdict(keyType: "ssh-ed25519", key: key, known: known), .revoked(SourceLocation(file: "kh", line: 3)))
+        let ca = [UInt8](Data(base64Encoded: "AAAAC3NzaC1lZDI1NTE5AAAAIGNhY2FjYWNhY2FjYWNhY2FjYWNhY2FjYWNhY2FjYWM=")!)
+        XCTAssertEqual(KnownHosts.verdict(keyType: "ssh-ed25519", key: ca, known: known), .changed(SourceLocation(file: "kh", line: 1)), "a CA key is not the host's key")
+        XCTAssertEqual(KnownHosts.verdict(keyType: "ssh-ed25519", key: key, known: Array(known.prefix(1))), .known(SourceLocation(file: "kh", line: 1)))
+        XCTAssertEqual(KnownHosts.verdict(keyType: "ssh-ed25519", key: key, known: []), .unknown)
+    }
+
     func testHMACSHA1KnownVector() {
         // RFC 2202 test case 2.
         let mac = SHA1.hmac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8))
         XCTAssertEqual(mac.map { String(format: "%02x", $0) }.joined(), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79")
+    }
+}
+
+final class PrivateFileTests: XCTestCase {
+    private var fixture: ConfigFixture!
+
+    override func setUp() {
+        fixture = ConfigFixture()
+    }
+
+    func testAPassphraseFileLosesExactlyOneLineEnd() throws {
+        let cases = ["secret": "secret", "secret\n": "secret", "secret\r\n": "secret", "secret\n\n": "secret\n", "secret\r\r\n": "secret\r", " secret \n": " secret "]
+        for (content, passphrase) in cases {
+            let path = fixture.write("pass", content, mode: 0o600)
+            XCTAssertEqual(try PrivateFile.readPassphrase(path), passphrase, content.debugDescription)
+        }
+    }
+
+    func testAPassphraseFileReadableByOthersIsRefusedByName() {
+        let path = fixture.write("pass", "secret\n", mode: 0o640)
+        XCTAssertThrowsError(try PrivateFile.readPassphrase(path)) { error in
+            XCTAssertEqual("\(error)", "identity_passphrase_file \(path) is readable by group or others; chmod 600 \(path)")
+        }
+        XCTAssertThrowsError(try PrivateFile.readPassphrase(fixture.root + "/missing")) { error in
+            XCTAssertEqual("\(error)", "identity_passphrase_file \(fixture.root)/missing cannot be used: No such file or directory")
+        }
     }
 }

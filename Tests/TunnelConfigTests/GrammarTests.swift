@@ -82,7 +82,8 @@ final class GrammarTests: XCTestCase {
         XCTAssertEqual(parse("service smtp {\n port 25\n server = x\n}").messages, ["f:2: error: smtp: expected '=' after 'port': write port = VALUE"])
         XCTAssertEqual(parse("service smtp {\n port = 25\n").messages, ["f:1: error: smtp: service smtp has no closing }; add } after its last attribute"])
         XCTAssertEqual(parse("service smtp\n port = 25\n}").messages.first, "f:2: error: smtp: expected { after service smtp")
-        XCTAssertEqual(parse("bogus = 1\n").messages, ["f:1: error: unexpected 'bogus' outside a stanza; a stanza starts with service NAME, defaults, include or includedir"])
+        XCTAssertEqual(parse("bogus = 1\nservice a { port = 1 }\n").messages, ["f:1: error: unexpected 'bogus' outside a stanza; a stanza starts with service NAME, defaults, include or includedir"])
+        XCTAssertEqual(parse("bogus = 1\n").messages, ["f:1: error: f is not a configuration file (it does not start with service, defaults, include or includedir); its content is not shown"], "a file with no stanza at all is not quoted: it may be a secret")
         XCTAssertEqual(parse("service {\n}").messages, ["f:1: error: service needs a name: service NAME { … }"])
         XCTAssertEqual(parse("service a {\n port = 1\n {\n}").messages, ["f:3: error: a: unexpected { inside service a; is a } missing before it?"])
     }

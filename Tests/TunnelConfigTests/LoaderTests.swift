@@ -46,7 +46,7 @@ final class LoaderTests: XCTestCase {
         let configuration = fixture.load()
         XCTAssertEqual(fixture.messages(configuration), [])
         XCTAssertEqual(configuration.services.map(\.linger), [5, 9])
-        XCTAssertEqual(configuration.services[0].onlyFrom.count, 2)
+        XCTAssertEqual(configuration.services[0].onlyFrom?.count, 2)
         XCTAssertEqual(configuration.globals.shutdownTimeout, 3)
         XCTAssertEqual(configuration.globals.logLevel, "debug")
     }
@@ -87,6 +87,18 @@ final class LoaderTests: XCTestCase {
         fixture.write("deep/12", stanza("bottom", port: 1))
         let messages = fixture.messages(fixture.load("deep/0"))
         XCTAssertEqual(messages, ["ROOT/deep/8:1: error: includes nest deeper than 8 files at ROOT/deep/9; flatten them"])
+    }
+
+    func testCRLFStanzaFilesReadLikeLFFiles() {
+        let good = stanza("good", port: 1, extra: "    # a comment\n    linger=5\n    only_from = 127.0.0.1 # trailing comment\n")
+        let bad = stanza("bad", port: 2, extra: "    keepalive = 5 x\n")
+        fixture.write("conf/good", good.replacingOccurrences(of: "\n", with: "\r\n"))
+        fixture.write("conf/bad", bad.replacingOccurrences(of: "\n", with: "\r\n"))
+        let configuration = fixture.load()
+        XCTAssertEqual(fixture.messages(configuration), ["ROOT/conf/bad:7: error: bad: keepalive count 'x' is not a number from 1 to 100"])
+        XCTAssertEqual(configuration.services.map(\.name), ["good"])
+        XCTAssertEqual(configuration.services.first?.linger, 5)
+        XCTAssertEqual(configuration.services.first?.onlyFrom?.count, 1)
     }
 
     func testGarbageIsALocatedErrorNeverACrash() {

@@ -3,7 +3,7 @@ import XCTest
 @testable import TunnelCore
 
 final class AccessControlTests: XCTestCase {
-    private func rules(only: [String] = [], deny: [String] = []) -> AccessControl {
+    private func rules(only: [String]? = nil, deny: [String] = []) -> AccessControl {
         func parse(_ text: String) -> AddressMatch {
             let parts = text.split(separator: "/")
             if let bytes = AccessControl.bytes(of: String(parts[0])) {
@@ -14,12 +14,18 @@ final class AccessControlTests: XCTestCase {
         let service = Service(
             name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
             server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
-            onlyFrom: only.map(parse), noAccess: deny.map(parse))
+            onlyFrom: only?.map(parse), noAccess: deny.map(parse))
         return AccessControl(service: service)
     }
 
     func testNoRulesLetsAnyoneIn() {
         XCTAssertNil(rules().refusal(for: "192.0.2.7"))
+    }
+
+    func testAnEmptyOnlyFromAdmitsNobody() {
+        XCTAssertEqual(rules(only: []).refusal(for: "127.0.0.1"), "not in only_from", "xinetd: only_from with no value admits nobody")
+        XCTAssertEqual(rules(only: []).refusal(for: "::1"), "not in only_from")
+        XCTAssertEqual(rules(only: [], deny: ["10.0.0.0/8"]).refusal(for: "192.0.2.1"), "not in only_from")
     }
 
     func testOnlyFromAdmitsItsBlocksOnly() {
