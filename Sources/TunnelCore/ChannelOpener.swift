@@ -49,9 +49,10 @@ struct ChannelOpener {
         self.window = window
     }
 
-    /// Queues a client's open; its deadline is `openTimeout` from now.
+    /// Queues a client's open; its deadline is `openTimeout` from now, or stays what it was
+    /// when the client moved here from another session (moving never extends a wait).
     mutating func enqueue(_ connection: Connection, now: ContinuousClock.Instant) {
-        connection.openDeadline = now + Duration(seconds: openTimeout)
+        if connection.openDeadline == nil { connection.openDeadline = now + Duration(seconds: openTimeout) }
         queue.append(.client(connection))
     }
 

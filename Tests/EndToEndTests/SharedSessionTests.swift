@@ -114,7 +114,7 @@ final class SharedSessionTests: SSHTestCase {
             XCTAssertLessThan(seconds, 3 + 1, "each hole client ends within its connect_timeout + 1 s: \(line)")
             XCTAssertTrue(line.hasSuffix("with 0 bytes"), line)
         }
-        XCTAssertEqual(tunneld.connectionLines(containing: "service=hole").count, 3, tunneld.log)
+        XCTAssertTrue(waitUntil(timeout: 2) { tunneld.connectionLines(containing: "service=hole").count == 3 }, tunneld.log)
         XCTAssertTrue(tunneld.connectionLines(containing: "service=hole").allSatisfy { $0.contains("did not answer the channel open") }, tunneld.log)
 
         // The live conversation was never cut nor stalled.

@@ -151,6 +151,14 @@ final class SessionEventLoopTests: XCTestCase {
         XCTAssertTrue(moved.count == 1 && moved[0] === behind)
         XCTAssertEqual(loop.load, 1)
         XCTAssertFalse(behind.isClosed, "moving does not end the client")
+
+        // On the sibling, the client keeps the deadline it had: moving never extends a wait.
+        let deadline = behind.openDeadline
+        clock.advance(1)
+        let service = Self.service(connectTimeout: 5)
+        let sibling = SessionEventLoop(session: FakeSession(clock: clock), settings: SessionSettings(key: service.sessionKey, services: [service]), logger: log.logger, clock: { [clock] in clock!.now })
+        sibling.add(behind)
+        XCTAssertEqual(behind.openDeadline, deadline)
     }
 
     func testWhileAnOpenIsStuckKeepalivesGoAsGlobalRequestsAndSilenceStillKills() {
