@@ -43,7 +43,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TunnelConfigTests", dependencies: ["TunnelConfig"]),
+        .testTarget(name: "TunnelConfigTests", dependencies: ["TunnelConfig", "SSHTransport"]),
         .testTarget(name: "SSHTransportTests", dependencies: ["SSHTransport"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         // Starts a real OpenSSH sshd and the tunneld binary; needs `swift build` first.

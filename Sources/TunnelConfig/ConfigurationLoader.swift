@@ -16,11 +16,15 @@ public struct ConfigurationLoader: Sendable {
         public var agentSocket: String?
         public var servicesFile: String
         public var passwordFile: String
+        /// Matches hashed known_hosts names when `--check` looks for a server's key.
+        public var hostNameHasher: HostNameHasher?
 
         public init(
             userName: String, homeDirectory: String, agentSocket: String?,
-            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd"
+            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd",
+            hostNameHasher: HostNameHasher? = nil
         ) {
+            self.hostNameHasher = hostNameHasher
             self.userName = userName
             self.homeDirectory = homeDirectory
             self.agentSocket = agentSocket

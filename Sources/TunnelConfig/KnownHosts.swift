@@ -12,10 +12,17 @@ public struct KnownHosts: Sendable {
     }
 
     var entries: [Entry] = []
+    /// Matches hashed names; without it, hashed lines match nothing.
+    var hasher: HostNameHasher?
+
+    init(entries: [Entry] = [], hasher: HostNameHasher? = nil) {
+        self.entries = entries
+        self.hasher = hasher
+    }
 
     /// Reads the files in order; missing or unreadable files add nothing.
-    public static func load(paths: [String]) -> KnownHosts {
-        var hosts = KnownHosts()
+    public static func load(paths: [String], hasher: HostNameHasher?) -> KnownHosts {
+        var hosts = KnownHosts(hasher: hasher)
         for path in paths {
             guard let handle = FileHandle(forReadingAtPath: path) else { continue }
             let data = (try? handle.read(upToCount: 16 << 20)) ?? Data()
@@ -55,7 +62,7 @@ public struct KnownHosts: Sendable {
     /// The keys recorded for `host` at `port`, in file order.
     public func keys(forHost host: String, port: UInt16) -> [KnownHostKey] {
         let name = Self.lookupName(host: host, port: port)
-        return entries.filter { Self.matches(name, patterns: $0.patterns) }.map(\.key)
+        return entries.filter { Self.matches(name, patterns: $0.patterns, hasher: hasher) }.map(\.key)
     }
 
     /// What known_hosts says about the key a server showed.
@@ -89,23 +96,24 @@ public struct KnownHosts: Sendable {
     }
 
     /// ssh's rule: some pattern matches and no negated pattern does.
-    static func matches(_ name: String, patterns: [String]) -> Bool {
+    static func matches(_ name: String, patterns: [String], hasher: HostNameHasher? = nil) -> Bool {
         var matched = false
         for pattern in patterns {
             if pattern.hasPrefix("!") {
-                if matchesOne(name, String(pattern.dropFirst())) { return false }
-            } else if matchesOne(name, pattern) {
+                if matchesOne(name, String(pattern.dropFirst()), hasher: hasher) { return false }
+            } else if matchesOne(name, pattern, hasher: hasher) {
                 matched = true
             }
         }
         return matched
     }
 
-    private static func matchesOne(_ name: String, _ pattern: String) -> Bool {
+    private static func matchesOne(_ name: String, _ pattern: String, hasher: HostNameHasher?) -> Bool {
         if pattern.hasPrefix("|1|") {
             let parts = pattern.split(separator: "|")
             guard parts.count == 3, let salt = Data(base64Encoded: String(parts[1])), let hash = Data(base64Encoded: String(parts[2])) else { return false }
-            return SHA1.hmac(key: [UInt8](salt), message: Array(name.utf8)) == [UInt8](hash)
+            guard let hasher else { return false }
+            return hasher([UInt8](salt), Array(name.utf8)) == [UInt8](hash)
         }
         return wildcard(Array(name), Array(pattern.lowercased()))
     }
@@ -146,3 +154,8 @@ public struct KnownHostKey: Sendable, Equatable {
         self.location = location
     }
 }
+
+/// HMAC-SHA1 of a host name (second argument) keyed with a salt (first), as hashed
+/// known_hosts lines need. The configuration module has no cryptography of its own: the
+/// command passes libcrypto's (SSHTransport's `HostNameHash.hmacSHA1`).
+public typealias HostNameHasher = @Sendable (_ salt: [UInt8], _ name: [UInt8]) -> [UInt8]

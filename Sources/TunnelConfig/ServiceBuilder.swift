@@ -366,7 +366,7 @@ struct ServiceBuilder {
             warning(values["known_hosts"] == nil ? nil : "known_hosts", "no known_hosts file (\(service.knownHosts.joined(separator: ", "))) exists, so the server's host key will be refused; after checking the key, run: \(scan) >> \(file)")
             return
         }
-        if KnownHosts.load(paths: existing).keys(forHost: service.server.host, port: service.server.port).isEmpty {
+        if KnownHosts.load(paths: existing, hasher: environment.hostNameHasher).keys(forHost: service.server.host, port: service.server.port).isEmpty {
             warning(values["known_hosts"] == nil ? nil : "known_hosts", "known_hosts holds no key for \(service.server); after checking the key, run: \(scan) >> \(file)")
         }
     }

@@ -23,7 +23,7 @@ struct SessionConnector {
             if let pinned = key.fingerprint {
                 session = try handshakeWithPinnedKey(pinned, by: deadline)
             } else {
-                let known = KnownHosts.load(paths: key.knownHosts).keys(forHost: key.server.host, port: key.server.port)
+                let known = KnownHosts.load(paths: key.knownHosts, hasher: HostNameHash.hmacSHA1).keys(forHost: key.server.host, port: key.server.port)
                 session = try handshake(preferring: Self.supportedAlgorithms(in: known.filter { !$0.isRevoked }.map(\.keyType)), by: deadline)
                 try verifyHostKey(try session.hostKey(), known: known)
             }

@@ -46,7 +46,7 @@ struct Tunneld: ParsableCommand {
     }
 
     func run() throws {
-        let loader = ConfigurationLoader(environment: .current)
+        let loader = ConfigurationLoader(environment: .daemon)
         let configuration = loader.load(path: path)
         if isCheck {
             FileHandle.standardOutput.write(Data(CheckReport(configuration).render().utf8))
@@ -103,7 +103,7 @@ struct Tunneld: ParsableCommand {
         }
         let daemon = Daemon(
             configuration: configuration,
-            reloadConfiguration: { [path] in ConfigurationLoader(environment: .current).load(path: path) },
+            reloadConfiguration: { [path] in ConfigurationLoader(environment: .daemon).load(path: path) },
             logger: logger)
         try daemon.run()
     }
@@ -133,7 +133,7 @@ struct Status: ParsableCommand {
     func run() throws {
         var socket = socketPath
         if socket == nil, FileManager.default.fileExists(atPath: path) {
-            socket = ConfigurationLoader(environment: .current).load(path: path).globals.controlSocket
+            socket = ConfigurationLoader(environment: .daemon).load(path: path).globals.controlSocket
         }
         do {
             print(try StatusClient.fetch(json: isJSON, socketPath: socket), terminator: "")
@@ -162,7 +162,7 @@ struct Reconnect: ParsableCommand {
     func run() throws {
         var socket = socketPath
         if socket == nil, FileManager.default.fileExists(atPath: path) {
-            socket = ConfigurationLoader(environment: .current).load(path: path).globals.controlSocket
+            socket = ConfigurationLoader(environment: .daemon).load(path: path).globals.controlSocket
         }
         let answer: String
         do {
