@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 import TunnelConfig
 
 /// Decides whether a client address may use a service, from `only_from` and `no_access`
@@ -25,8 +26,8 @@ struct AccessControl {
     func refusal(for peer: String) -> String? {
         guard !isOpen else { return nil }
         guard let address = Self.bytes(of: peer) else { return "unparsable client address \(peer)" }
-        let allowed = onlyFrom.flatMap { bestMatch($0, address) }
-        let denied = bestMatch(noAccess, address)
+        let allowed = onlyFrom.flatMap { bestMatch($0, address, unknownMatches: false) }
+        let denied = bestMatch(noAccess, address, unknownMatches: true)
         if onlyFrom != nil && allowed == nil {
             return "not in only_from"
         }
@@ -36,10 +37,10 @@ struct AccessControl {
         return nil
     }
 
-    private func bestMatch(_ rules: [AddressMatch], _ address: [UInt8]) -> (specificity: Int, rule: String)? {
+    private func bestMatch(_ rules: [AddressMatch], _ address: [UInt8], unknownMatches: Bool) -> (specificity: Int, rule: String)? {
         var best: (specificity: Int, rule: String)?
         for rule in rules {
-            guard let specificity = specificity(of: rule, for: address) else { continue }
+            guard let specificity = specificity(of: rule, for: address, unknownMatches: unknownMatches) else { continue }
             if specificity > (best?.specificity ?? -1) {
                 best = (specificity, Self.describe(rule))
             }
@@ -47,13 +48,29 @@ struct AccessControl {
         return best
     }
 
-    private func specificity(of rule: AddressMatch, for address: [UInt8]) -> Int? {
+    /// How specific a matching rule is, or nil if it does not match. A host name not
+    /// resolved (yet, or at all) matches only when `unknownMatches`: so an unresolved
+    /// `no_access` name refuses (fails closed) and an unresolved `only_from` name admits nobody.
+    private func specificity(of rule: AddressMatch, for address: [UInt8], unknownMatches: Bool) -> Int? {
         switch rule {
         case .network(let network, let prefix):
             guard network.count == address.count, Self.prefix(network, address, prefix) else { return nil }
             return prefix
         case .hostname(let name):
-            return resolver.addresses(of: name).contains(address) ? address.count * 8 : nil
+            switch resolver.answer(for: name) {
+            case .addresses(let addresses):
+                return addresses.contains(address) ? address.count * 8 : nil
+            case .unknown:
+                return unknownMatches ? address.count * 8 : nil
+            }
+        }
+    }
+
+    /// The host names the rules name, to resolve before clients come.
+    var hostNames: [String] {
+        ((onlyFrom ?? []) + noAccess).compactMap { rule in
+            if case .hostname(let name) = rule { return name }
+            return nil
         }
     }
 
@@ -97,43 +114,106 @@ struct AccessControl {
     }
 }
 
-/// Resolves host names of access rules, remembering answers for a minute.
+/// Resolves the host names of access rules on its own thread, never on the accept path:
+/// a client is checked against the answers already known. Answers are kept for a minute
+/// (a failure for ten seconds) and refreshed in the background while they are used.
 final class HostResolver: @unchecked Sendable {
     static let shared = HostResolver()
 
-    private let lock = NSLock()
-    private var cache: [String: (addresses: [[UInt8]], until: ContinuousClock.Instant)] = [:]
+    /// What is known of a name now.
+    enum Answer: Equatable {
+        case addresses([[UInt8]])
+        /// Not resolved yet, or the lookup failed.
+        case unknown
+    }
 
-    func addresses(of name: String) -> [[UInt8]] {
-        lock.lock()
-        if let entry = cache[name], entry.until > .now {
-            lock.unlock()
-            return entry.addresses
+    private struct Entry {
+        var addresses: [[UInt8]]?
+        var until: ContinuousClock.Instant
+    }
+
+    /// Names kept at most; rules come from the configuration, so this is only a safety bound.
+    private static let capacity = 4096
+    private let state = Mutex<(cache: [String: Entry], queue: [String], queued: Set<String>)>(([:], [], []))
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let resolve: @Sendable (String) -> [[UInt8]]?
+
+    /// - `resolve`: the lookup (getaddrinfo; tests pass their own). nil means it failed.
+    init(resolve: @escaping @Sendable (String) -> [[UInt8]]? = HostResolver.lookUp) {
+        self.resolve = resolve
+        let thread = Thread { [self] in work() }
+        thread.name = "resolver"
+        thread.start()
+    }
+
+    /// The addresses of `name` as known now; schedules a lookup when unknown or old.
+    func answer(for name: String) -> Answer {
+        let (entry, needsLookup) = state.withLock { state -> (Entry?, Bool) in
+            let entry = state.cache[name]
+            let needsLookup = (entry.map { $0.until <= .now } ?? true) && !state.queued.contains(name)
+            if needsLookup && state.queued.count < Self.capacity {
+                state.queue.append(name)
+                state.queued.insert(name)
+            }
+            return (entry, needsLookup)
         }
-        lock.unlock()
+        if needsLookup { wakeup.signal() }
+        guard let addresses = entry?.addresses else { return .unknown }
+        return .addresses(addresses)
+    }
+
+    /// Starts lookups of `names` now, e.g. every host name rule at start and reload.
+    func prefetch(_ names: [String]) {
+        for name in names { _ = answer(for: name) }
+    }
+
+    /// Waits until `name` has an answer or `timeout` passes (tests, and `--check`).
+    func waitForAnswer(_ name: String, timeout: Duration) -> Answer {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let known = state.withLock { $0.cache[name] != nil }
+            if known { break }
+            _ = answer(for: name)
+            usleep(5_000)
+        }
+        return state.withLock { $0.cache[name]?.addresses.map(Answer.addresses) ?? .unknown }
+    }
+
+    private func work() {
+        while true {
+            wakeup.wait()
+            while let name = state.withLock({ state -> String? in state.queue.isEmpty ? nil : state.queue.removeFirst() }) {
+                let addresses = resolve(name)
+                state.withLock { state in
+                    state.queued.remove(name)
+                    if state.cache.count >= Self.capacity && state.cache[name] == nil { state.cache.removeAll() }
+                    state.cache[name] = Entry(addresses: addresses, until: .now + .seconds(addresses == nil ? 10 : 60))
+                }
+            }
+        }
+    }
+
+    /// getaddrinfo's IPv4 and IPv6 addresses for `name`, or nil when the lookup failed.
+    @Sendable static func lookUp(_ name: String) -> [[UInt8]]? {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &list) == 0 else { return nil }
+        defer { freeaddrinfo(list) }
         var addresses: [[UInt8]] = []
-        if getaddrinfo(name, nil, &hints, &list) == 0 {
-            var entry = list
-            while let info = entry {
-                if info.pointee.ai_family == AF_INET {
-                    info.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
-                        addresses.append(withUnsafeBytes(of: $0.pointee.sin_addr) { Array($0) })
-                    }
-                } else if info.pointee.ai_family == AF_INET6 {
-                    info.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
-                        addresses.append(withUnsafeBytes(of: $0.pointee.sin6_addr) { Array($0) })
-                    }
+        var entry = list
+        while let info = entry {
+            if info.pointee.ai_family == AF_INET {
+                info.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                    addresses.append(withUnsafeBytes(of: $0.pointee.sin_addr) { Array($0) })
                 }
-                entry = info.pointee.ai_next
+            } else if info.pointee.ai_family == AF_INET6 {
+                info.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+                    addresses.append(withUnsafeBytes(of: $0.pointee.sin6_addr) { Array($0) })
+                }
             }
-            freeaddrinfo(list)
+            entry = info.pointee.ai_next
         }
-        lock.lock()
-        cache[name] = (addresses, .now + .seconds(60))
-        lock.unlock()
         return addresses
     }
 }

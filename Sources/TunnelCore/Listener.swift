@@ -19,6 +19,8 @@ final class Listener: @unchecked Sendable {
             self.stats = stats
             self.limits = limits ?? ConnectionLimits(service: service)
             self.limits.update(service)
+            // Host names in access rules are resolved off the accept path, starting now.
+            HostResolver.shared.prefetch(AccessControl(service: service).hostNames)
         }
     }
 

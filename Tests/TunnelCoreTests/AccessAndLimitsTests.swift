@@ -1,9 +1,10 @@
+import Foundation
 import TunnelConfig
 import XCTest
 @testable import TunnelCore
 
 final class AccessControlTests: XCTestCase {
-    private func rules(only: [String]? = nil, deny: [String] = []) -> AccessControl {
+    private func rules(only: [String]? = nil, deny: [String] = [], resolver: HostResolver = .shared) -> AccessControl {
         func parse(_ text: String) -> AddressMatch {
             let parts = text.split(separator: "/")
             if let bytes = AccessControl.bytes(of: String(parts[0])) {
@@ -15,7 +16,7 @@ final class AccessControlTests: XCTestCase {
             name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
             server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
             onlyFrom: only?.map(parse), noAccess: deny.map(parse))
-        return AccessControl(service: service)
+        return AccessControl(service: service, resolver: resolver)
     }
 
     func testNoRulesLetsAnyoneIn() {
@@ -47,8 +48,36 @@ final class AccessControlTests: XCTestCase {
     }
 
     func testHostNamesMatchTheirAddresses() {
+        XCTAssertEqual(HostResolver.shared.waitForAnswer("localhost", timeout: .seconds(5)), .addresses(HostResolver.lookUp("localhost")!))
         XCTAssertNil(rules(only: ["localhost"]).refusal(for: "127.0.0.1"))
         XCTAssertEqual(rules(only: ["localhost"]).refusal(for: "192.0.2.1"), "not in only_from")
+    }
+
+    func testHostNamesAreResolvedOffTheAcceptPathAndAnUnknownNameFailsClosed() {
+        let release = DispatchSemaphore(value: 0)
+        let resolver = HostResolver { name in
+            // A DNS server that takes its time, then fails for one name.
+            release.wait()
+            return name == "gone.example" ? nil : [[192, 0, 2, 9]]
+        }
+        let started = ContinuousClock.now
+        XCTAssertEqual(rules(deny: ["bad.example"], resolver: resolver).refusal(for: "192.0.2.1"), "no_access bad.example",
+                       "a no_access name not resolved yet refuses: it fails closed")
+        XCTAssertEqual(rules(only: ["good.example"], resolver: resolver).refusal(for: "192.0.2.9"), "not in only_from",
+                       "an only_from name not resolved yet admits nobody")
+        XCTAssertLessThan(ContinuousClock.now - started, .milliseconds(500), "a slow lookup never holds the caller")
+        release.signal()
+        release.signal()
+        XCTAssertEqual(resolver.waitForAnswer("bad.example", timeout: .seconds(5)), .addresses([[192, 0, 2, 9]]))
+        XCTAssertEqual(resolver.waitForAnswer("good.example", timeout: .seconds(5)), .addresses([[192, 0, 2, 9]]))
+        XCTAssertNil(rules(deny: ["bad.example"], resolver: resolver).refusal(for: "192.0.2.1"), "resolved: only its address is refused")
+        XCTAssertEqual(rules(deny: ["bad.example"], resolver: resolver).refusal(for: "192.0.2.9"), "no_access bad.example")
+        XCTAssertNil(rules(only: ["good.example"], resolver: resolver).refusal(for: "192.0.2.9"))
+        _ = resolver.answer(for: "gone.example")
+        release.signal()
+        XCTAssertEqual(resolver.waitForAnswer("gone.example", timeout: .seconds(5)), .unknown)
+        XCTAssertEqual(rules(deny: ["gone.example"], resolver: resolver).refusal(for: "192.0.2.1"), "no_access gone.example",
+                       "a failed lookup of a no_access name still refuses")
     }
 }
 
