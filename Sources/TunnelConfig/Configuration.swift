@@ -38,11 +38,14 @@ public struct GlobalSettings: Sendable, Equatable {
     public var logLevel: String?
     /// Seconds live connections get to finish on SIGTERM.
     public var shutdownTimeout: Double
+    /// Most live connections of all services together; `nil`: derived from the descriptor limit.
+    public var maxConnections: Int?
 
     public init(
         controlSocket: String? = nil, runAs: String? = nil, logLevel: String? = nil,
-        shutdownTimeout: Double = 10
+        shutdownTimeout: Double = 10, maxConnections: Int? = nil
     ) {
+        self.maxConnections = maxConnections
         self.controlSocket = controlSocket
         self.runAs = runAs
         self.logLevel = logLevel

@@ -267,6 +267,12 @@ public struct ConfigurationLoader: Sendable {
                 diagnostics.append(Diagnostic(.error, at: place("log_level"), "log_level \(level) is not one of \(known.joined(separator: ", "))"))
             }
         }
+        if let text = one("max_connections") {
+            switch ValueParser.limit(text) {
+            case .success(let count): settings.maxConnections = count
+            case .failure(let message): diagnostics.append(Diagnostic(.error, at: place("max_connections"), "max_connections: \(message)"))
+            }
+        }
         if let text = one("shutdown_timeout") {
             switch ValueParser.seconds(text, atMost: .hour) {
             case .success(let seconds): settings.shutdownTimeout = seconds

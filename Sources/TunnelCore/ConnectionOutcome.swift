@@ -50,4 +50,6 @@ enum ConnectionLimit: String, Sendable {
     case instances
     case perSource = "per_source"
     case cps
+    /// The daemon-wide bound (`max_connections` in `defaults`).
+    case maxConnections = "max_connections"
 }

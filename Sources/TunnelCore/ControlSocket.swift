@@ -58,10 +58,19 @@ final class ControlSocket: @unchecked Sendable {
         while true {
             let client = accept(fd, nil, nil)
             if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return
+                switch errno {
+                case EINTR, ECONNABORTED:
+                    continue
+                case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                    // Out of descriptors: answer again once some are free; never stop answering.
+                    usleep(100_000)
+                    continue
+                default:
+                    return
+                }
             }
-            var timeout = timeval(tv_sec: 2, tv_usec: 0)
+            // A peer that says nothing holds the socket for a second at most.
+            var timeout = timeval(tv_sec: 1, tv_usec: 0)
             setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             var request: [UInt8] = []

@@ -61,7 +61,9 @@ public final class Daemon {
         }
         let pool = SessionPool(services: endpoints.map(\.service), logger: logger)
         pool.startPersistentSessions()
-        let listener = Listener(endpoints: endpoints, pool: pool, logger: logger)
+        let budget = ConnectionBudget(limit: configuration.globals.maxConnections)
+        logger.info("connection bound", metadata: ["max_connections": "\(budget.limit)"])
+        let listener = Listener(endpoints: endpoints, pool: pool, budget: budget, logger: logger)
         listener.start()
         let watcher = NetworkWatcher { [logger] in
             logger.notice("the network changed; sessions are suspect and backoff starts over")

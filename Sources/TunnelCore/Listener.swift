@@ -25,6 +25,7 @@ final class Listener: @unchecked Sendable {
     }
 
     private let pool: SessionPool
+    private let budget: ConnectionBudget
     private let logger: Logger
     private let wakeup = Wakeup()
     private let lock = NSLock()
@@ -35,9 +36,10 @@ final class Listener: @unchecked Sendable {
     private var isStopping = false
     private let finished = DispatchSemaphore(value: 0)
 
-    init(endpoints: [Endpoint], pool: SessionPool, logger: Logger) {
+    init(endpoints: [Endpoint], pool: SessionPool, budget: ConnectionBudget, logger: Logger) {
         self.endpoints = endpoints
         self.pool = pool
+        self.budget = budget
         self.logger = logger
     }
 
@@ -159,12 +161,21 @@ final class Listener: @unchecked Sendable {
             connection.finish(.access(rule), logger: logger)
             return
         }
+        guard budget.take() else {
+            connection.finish(.limit(.maxConnections), logger: logger)
+            return
+        }
         if let limit = endpoint.limits.admit(source: peer.host) {
+            budget.release()
             connection.finish(.limit(limit), logger: logger)
             return
         }
         let limits = endpoint.limits
-        connection.onFinish = { _ in limits.release(source: peer.host) }
+        let budget = budget
+        connection.onFinish = { _ in
+            limits.release(source: peer.host)
+            budget.release()
+        }
         pool.dispatch(connection)
     }
 }

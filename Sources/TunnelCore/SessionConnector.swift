@@ -6,6 +6,9 @@ import TunnelConfig
 /// Why a session could not be set up, as one sentence for the log and for waiting clients.
 struct ConnectFailure: Error, CustomStringConvertible {
     var description: String
+    /// This machine ran out of something (descriptors, memory): not the server's fault, so
+    /// it must not make the server back off.
+    var isLocalShortage = false
 }
 
 /// Sets up one SSH session for a session key: TCP connect, handshake, host-key check and
@@ -43,7 +46,8 @@ struct SessionConnector {
         do {
             fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
         } catch {
-            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)")
+            let shortage = (error as? SocketError).map { [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains($0.code) } ?? false
+            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)", isLocalShortage: shortage)
         }
         let session = try SSHSession(socket: fd)
         session.preferHostKeyAlgorithms(algorithms)

@@ -164,7 +164,8 @@ final class SessionSupervisor: @unchecked Sendable {
                 session = try connector.connect()
             } catch {
                 let reason = "\(error)"
-                let delay = pool.recordFailure(for: settings.key, reason: reason)
+                let isLocalShortage = (error as? ConnectFailure)?.isLocalShortage ?? false
+                let delay = isLocalShortage ? 1 : pool.recordFailure(for: settings.key, reason: reason)
                 var details = metadata
                 details["error"] = "\(reason)"
                 if isPersistent { details["retry.seconds"] = "\(delay.secondsText)" }
@@ -175,6 +176,7 @@ final class SessionSupervisor: @unchecked Sendable {
                     return
                 }
                 for connection in takeInbox() { connection.finish(.sshFailed(reason), logger: logger) }
+                if isLocalShortage { waitOutBackoff(seconds: delay) }
                 continue
             }
             pool.recordSuccess(for: settings.key)

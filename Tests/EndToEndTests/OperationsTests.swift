@@ -139,10 +139,30 @@ final class OperationsTests: SSHTestCase {
         XCTAssertEqual(try TCP.exchange(port: allowedPort, Array("ok".utf8)), Array("ok".utf8))
     }
 
-    func testRunningOutOfDescriptorsPausesAcceptingAndRecovers() throws {
+    func testTheDaemonWideBoundKeepsDescriptorsFromRunningOut() throws {
         let port = TCP.freePort()
         let tunneld = try TunneldProcess(
             stanzas: ["a": stanza("a", port: port, via: sshd, target: echo.port)],
+            wrapper: ["/usr/bin/prlimit", "--nofile=160"])
+        XCTAssertTrue(tunneld.log.contains("max_connections=32"), "160 descriptors less the reserve of 128: \(tunneld.log)")
+        var held: [HeldConnection] = []
+        for _ in 0..<40 {
+            if let connection = try? HeldConnection(port: port) { held.append(connection) }
+        }
+        XCTAssertTrue(tunneld.waitForLog("limit: max_connections", count: 8, timeout: 5), tunneld.log)
+        XCTAssertFalse(tunneld.log.contains("out of file descriptors"), "the bound comes first")
+        XCTAssertTrue(try held[0].roundTrip("alive"), "live connections continue")
+        held.removeAll()
+        XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.exchange(port: port, Array("again".utf8), timeout: 3)) == Array("again".utf8) }, tunneld.log)
+    }
+
+    func testRunningOutOfDescriptorsPausesAcceptingAndRecovers() throws {
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(
+            stanzas: [
+                "a": stanza("a", port: port, via: sshd, target: echo.port),
+                "01-bound": "defaults { max_connections = 1000 }\n",
+            ],
             wrapper: ["/usr/bin/prlimit", "--nofile=48"])
         let live = try HeldConnection(port: port)
         XCTAssertTrue(try live.roundTrip("first"))
