@@ -59,7 +59,11 @@ public final class Daemon {
         } else if geteuid() == 0 {
             logger.warning("running as root; set run_as in defaults to drop privileges after binding")
         }
-        let pool = SessionPool(services: endpoints.map(\.service), logger: logger)
+        let watchdog = Watchdog()
+        if let interval = watchdog.beatInterval {
+            logger.info("systemd watchdog on: every event loop beats", metadata: ["beat.seconds": "\(interval)"])
+        }
+        let pool = SessionPool(services: endpoints.map(\.service), logger: logger, watchdog: watchdog)
         pool.startPersistentSessions()
         let budget = ConnectionBudget(limit: configuration.globals.maxConnections)
         logger.info("connection bound", metadata: ["max_connections": "\(budget.limit)"])

@@ -96,7 +96,10 @@ final class Listener: @unchecked Sendable {
         var pausedUntil: ContinuousClock.Instant?
         // Running out of descriptors is logged once a minute at most: a flood must not flood the log too.
         var exhaustionLoggedAt: ContinuousClock.Instant?
+        let beat = pool.watchdog?.join()
+        defer { pool.watchdog?.leave(beat) }
         while true {
+            pool.watchdog?.beat(beat)
             lock.lock()
             let current = endpoints
             let toClose = closing
@@ -119,7 +122,8 @@ final class Listener: @unchecked Sendable {
                 if let servicePause { wakeAt = min(wakeAt ?? servicePause, servicePause) }
                 set.append(pollfd(fd: isPaused || servicePause != nil ? -1 : endpoint.fd, events: Int16(POLLIN), revents: 0))
             }
-            _ = poll(&set, nfds_t(set.count), wakeAt.map { Socket.milliseconds(until: $0) } ?? -1)
+            let timeout = wakeAt.map { Socket.milliseconds(until: $0) } ?? -1
+            _ = poll(&set, nfds_t(set.count), pool.watchdog?.bound(timeout) ?? timeout)
             if set[0].revents != 0 {
                 wakeup.drain()
                 continue

@@ -41,10 +41,13 @@ final class SessionPool: @unchecked Sendable {
 
     private let state = Mutex(State())
     private let logger: Logger
+    /// Kept by every session's event loop.
+    let watchdog: Watchdog?
     private let suspendDetector = Mutex(SuspendDetector())
 
-    init(services: [Service], logger: Logger) {
+    init(services: [Service], logger: Logger, watchdog: Watchdog? = nil) {
         self.logger = logger
+        self.watchdog = watchdog
         let byKey = Dictionary(grouping: services, by: \.sessionKey)
         state.withLock { state in
             for (key, group) in byKey {

@@ -241,6 +241,9 @@ final class SessionSupervisor: @unchecked Sendable {
     /// in `poll` between passes.
     private func drive(_ loop: SessionEventLoop, socket: Int32) -> SessionEventLoop.Ending {
         var pollSet: [pollfd] = []
+        let watchdog = pool.watchdog
+        let beat = watchdog?.join()
+        defer { watchdog?.leave(beat) }
         while true {
             for connection in takeInbox() { loop.add(connection) }
             let (stopping, suspicion) = mailbox.withLock { box in
@@ -273,11 +276,12 @@ final class SessionSupervisor: @unchecked Sendable {
                 if !isSuspect { box.gauge.isSuspect = false }
             }
             moveQueuedClientsIfStuck(loop)
+            watchdog?.beat(beat)
 
             pollSet = loop.buildPollSet(wakeup: wakeup.readEnd)
             let deadline = loop.nextDeadline
             let timeout = deadline <= .now ? 0 : Socket.milliseconds(until: deadline + .milliseconds(2))
-            _ = poll(&pollSet, nfds_t(pollSet.count), timeout)
+            _ = poll(&pollSet, nfds_t(pollSet.count), watchdog?.bound(timeout) ?? timeout)
             if pollSet[0].revents != 0 { wakeup.drain() }
         }
     }
