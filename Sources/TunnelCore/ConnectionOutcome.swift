@@ -28,6 +28,20 @@ enum ConnectionOutcome: CustomStringConvertible, Sendable {
         }
     }
 
+    /// The result's first word, as metrics label it: `ok`, `refused`, `ssh-failed`, `limit`,
+    /// `access`, `client-error`, `shutdown`.
+    var resultKind: String {
+        switch self {
+        case .ok: return "ok"
+        case .refused: return "refused"
+        case .sshFailed: return "ssh-failed"
+        case .clientError: return "client-error"
+        case .shutdown: return "shutdown"
+        case .limit: return "limit"
+        case .access: return "access"
+        }
+    }
+
     var isSuccess: Bool {
         if case .ok = self { return true }
         return false

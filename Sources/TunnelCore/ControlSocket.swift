@@ -127,9 +127,17 @@ public struct ControlError: Error, CustomStringConvertible {
 
 /// `tunneld status`: asks the running daemon.
 public enum StatusClient {
-    /// The daemon's answer to `status` (a table) or `status json`.
-    public static func fetch(json: Bool, socketPath: String?) throws -> String {
-        try ControlSocket.request(json ? "status json" : "status", path: socketPath ?? ControlSocket.defaultPath())
+    /// How `tunneld status` prints.
+    public enum Format: String, CaseIterable, Sendable {
+        case table
+        case json
+        case prometheus
+    }
+
+    /// The daemon's answer to `status` in `format`.
+    public static func fetch(format: Format, socketPath: String?) throws -> String {
+        let request = format == .table ? "status" : "status \(format.rawValue)"
+        return try ControlSocket.request(request, path: socketPath ?? ControlSocket.defaultPath())
     }
 
     /// Asks the daemon to treat the sessions of `services` (all if empty) as suspect and to

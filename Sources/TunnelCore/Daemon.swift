@@ -85,8 +85,9 @@ public final class Daemon {
                 switch words.first {
                 case "status" where words.count == 1: return report.table()
                 case "status" where words == ["status", "json"]: return report.json()
+                case "status" where words == ["status", "prometheus"]: return report.prometheus()
                 case "reconnect": return Self.reconnect(names: Array(words.dropFirst()), listener: listener, pool: pool, logger: logger)
-                default: return "unknown request '\(request)'; try status, status json or reconnect [SERVICE...]\n"
+                default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
                 }
             }
         } catch {
@@ -141,7 +142,9 @@ public final class Daemon {
                 connectError: server.lastError, connectErrorAt: server.lastErrorAt.map(StatusReport.timestamp),
                 liveConnections: counters.live, totalConnections: counters.total,
                 bytesUp: counters.bytesUp, bytesDown: counters.bytesDown, refusals: counters.refusals,
-                lastError: counters.lastError, lastErrorAt: counters.lastErrorAt.map(StatusReport.timestamp))
+                lastError: counters.lastError, lastErrorAt: counters.lastErrorAt.map(StatusReport.timestamp),
+                results: counters.results, openLatency: counters.openLatency,
+                sessionAgeSeconds: server.oldestSessionSeconds, connectFailures: server.connectFailures)
         }
         return StatusReport(pid: getpid(), startedAt: StatusReport.timestamp(startedAt), services: services.sorted { $0.name < $1.name })
     }

@@ -192,6 +192,7 @@ final class SessionEventLoop {
             switch event {
             case .opened(let connection, let channel):
                 hasOpenedChannels = true
+                connection.stats.channelOpened(after: (clock() - connection.acceptedAt).seconds)
                 connection.channel = channel
                 connections.append(connection)
             case .refused(let connection, let reason):

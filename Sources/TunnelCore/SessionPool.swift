@@ -18,6 +18,8 @@ final class SessionPool: @unchecked Sendable {
         var supervisors: [SessionSupervisor] = []
         var backoff = Backoff()
         var lastErrorAt: Date?
+        /// Failed connects since start.
+        var connectFailures = 0
     }
 
     private struct State {
@@ -33,6 +35,10 @@ final class SessionPool: @unchecked Sendable {
         var state: String
         /// Sessions up now.
         var sessionsUp: Int
+        /// Seconds the oldest session up has been up.
+        var oldestSessionSeconds: Double?
+        /// Failed connects since start.
+        var connectFailures = 0
         /// When tunneld tries again on its own (persistent sessions backing off).
         var retryAt: Date?
         var lastError: String?
@@ -144,6 +150,7 @@ final class SessionPool: @unchecked Sendable {
     func recordFailure(for key: SessionKey, reason: String) -> Double {
         state.withLock { state in
             state.servers[key]?.lastErrorAt = Date()
+            state.servers[key]?.connectFailures += 1
             return state.servers[key]?.backoff.failed(reason, now: .now) ?? 0
         }
     }
@@ -189,7 +196,9 @@ final class SessionPool: @unchecked Sendable {
             guard let server = state.servers[key] else { return ServerStatus(state: "idle", sessionsUp: 0) }
             let gauges = server.supervisors.map(\.gauge)
             let up = gauges.filter { $0.phase == .up }.count
-            var status = ServerStatus(state: "idle", sessionsUp: up, lastError: server.backoff.lastError, lastErrorAt: server.lastErrorAt)
+            let oldest = gauges.compactMap(\.upSince).min().map { (ContinuousClock.now - $0).seconds }
+            var status = ServerStatus(state: "idle", sessionsUp: up, oldestSessionSeconds: oldest, connectFailures: server.connectFailures,
+                                      lastError: server.backoff.lastError, lastErrorAt: server.lastErrorAt)
             if let wait = server.backoff.wait(now: .now), up == 0 {
                 status.state = "backing-off"
                 status.retryAt = Date().addingTimeInterval(wait)

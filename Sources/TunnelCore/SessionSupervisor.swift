@@ -31,6 +31,8 @@ final class SessionSupervisor: @unchecked Sendable {
         var busySince: ContinuousClock.Instant?
         /// Told that the session may be dead, and not yet proven alive.
         var isSuspect = false
+        /// When the session came up, while it is up.
+        var upSince: ContinuousClock.Instant?
     }
 
     private struct Mailbox {
@@ -109,6 +111,7 @@ final class SessionSupervisor: @unchecked Sendable {
     private func setPhase(_ phase: Phase) {
         mailbox.withLock { box in
             if box.gauge.phase != .retired { box.gauge.phase = phase }
+            box.gauge.upSince = phase == .up ? .now : nil
         }
     }
 
@@ -204,6 +207,7 @@ final class SessionSupervisor: @unchecked Sendable {
                 box.gauge.isSuspect = false
                 box.suspicion = nil
                 box.gauge.busySince = nil
+                box.gauge.upSince = nil
             }
 
             switch ending {

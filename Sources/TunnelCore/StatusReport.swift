@@ -24,6 +24,14 @@ public struct StatusReport: Codable, Equatable {
         public var refusals: [String: Int]
         public var lastError: String?
         public var lastErrorAt: String?
+        /// Ended connections by result (`ok`, `refused`, `ssh-failed`, ...).
+        var results: [String: Int] = [:]
+        /// Seconds from accept to open channel.
+        var openLatency = Histogram()
+        /// Seconds the server's oldest session has been up.
+        var sessionAgeSeconds: Double?
+        /// Failed connects to the server since start.
+        var connectFailures = 0
     }
 
     public var pid: Int32
@@ -71,6 +79,66 @@ public struct StatusReport: Codable, Equatable {
             text += "\(service.name) refused: \(list)\n"
         }
         return text
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4): counters per service and
+    /// result, gauges of live connections and sessions, and the channel-open latency histogram.
+    public func prometheus() -> String {
+        var text = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: [(String, String)], value: String)]) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for sample in samples {
+                let labels = sample.labels.map { "\($0.0)=\"\(Self.escapeLabel($0.1))\"" }.joined(separator: ",")
+                text += labels.isEmpty ? "\(name) \(sample.value)\n" : "\(name){\(labels)} \(sample.value)\n"
+            }
+        }
+        let results = ["ok", "refused", "ssh-failed", "limit", "access", "client-error", "shutdown"]
+        family("tunneld_connections_total", "counter", "Connections accepted and ended, by result.", services.flatMap { service in
+            results.map { result in ([("service", service.name), ("result", result)], "\(service.results[result] ?? 0)") }
+        })
+        family("tunneld_connections_active", "gauge", "Connections open now.", services.map { ([("service", $0.name)], "\($0.liveConnections)") })
+        family("tunneld_bytes_total", "counter", "Bytes carried, up (client to target) and down.", services.flatMap { service in
+            [([("service", service.name), ("direction", "up")], "\(service.bytesUp)"),
+             ([("service", service.name), ("direction", "down")], "\(service.bytesDown)")]
+        })
+        text += "# HELP tunneld_channel_open_seconds Seconds from accepting a client to its channel being open.\n"
+        text += "# TYPE tunneld_channel_open_seconds histogram\n"
+        for service in services {
+            let label = "service=\"\(Self.escapeLabel(service.name))\""
+            for (index, bound) in Histogram.bounds.enumerated() {
+                text += "tunneld_channel_open_seconds_bucket{\(label),le=\"\(Self.number(bound))\"} \(service.openLatency.buckets[index])\n"
+            }
+            text += "tunneld_channel_open_seconds_bucket{\(label),le=\"+Inf\"} \(service.openLatency.count)\n"
+            text += "tunneld_channel_open_seconds_sum{\(label)} \(Self.number(service.openLatency.sum))\n"
+            text += "tunneld_channel_open_seconds_count{\(label)} \(service.openLatency.count)\n"
+        }
+        var servers: [ServiceStatus] = []
+        for service in services where !servers.contains(where: { $0.via == service.via }) { servers.append(service) }
+        family("tunneld_sessions_up", "gauge", "SSH sessions up to the server.", servers.map { ([("server", $0.via)], "\($0.sessionsUp)") })
+        family("tunneld_session_age_seconds", "gauge", "Seconds the server's oldest session has been up (0 when none is).",
+               servers.map { ([("server", $0.via)], Self.number($0.sessionAgeSeconds ?? 0)) })
+        family("tunneld_connect_failures_total", "counter", "Failed attempts to set up a session with the server.",
+               servers.map { ([("server", $0.via)], "\($0.connectFailures)") })
+        return text
+    }
+
+    /// A label value with backslash, double quote and newline escaped.
+    static func escapeLabel(_ value: String) -> String {
+        var escaped = ""
+        for character in value {
+            switch character {
+            case "\\": escaped += "\\\\"
+            case "\"": escaped += "\\\""
+            case "\n": escaped += "\\n"
+            default: escaped.append(character)
+            }
+        }
+        return escaped
+    }
+
+    /// A sample value: integers without a fraction, others as Swift prints a Double.
+    static func number(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : String(value)
     }
 
     static func bytes(_ count: Int) -> String {

@@ -121,8 +121,11 @@ struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the running daemon's services, sessions and counters.")
 
-    @Flag(name: .customLong("json"), help: "Print JSON instead of a table.")
+    @Flag(name: .customLong("json"), help: "Print JSON instead of a table (same as --format json).")
     var isJSON = false
+
+    @Option(name: .customLong("format"), help: ArgumentHelp("table, json, or prometheus (the text exposition format, for a scraper or node_exporter's textfile collector).", valueName: "format"))
+    var format: StatusClient.Format?
 
     @Option(name: .customLong("socket"), help: ArgumentHelp("The control socket (default: control_socket from the configuration, else the platform default).", valueName: "path"))
     var socketPath: String?
@@ -130,13 +133,19 @@ struct Status: ParsableCommand {
     @Option(name: [.customShort("f"), .customLong("config")], help: ArgumentHelp("Configuration to read control_socket from.", valueName: "path"))
     var path: String = "/etc/tunneld/services.d"
 
+    func validate() throws {
+        if isJSON && format != nil && format != .json {
+            throw ValidationError("--json and --format \(format!.rawValue) disagree; give one of them")
+        }
+    }
+
     func run() throws {
         var socket = socketPath
         if socket == nil, FileManager.default.fileExists(atPath: path) {
             socket = ConfigurationLoader(environment: .daemon).load(path: path).globals.controlSocket
         }
         do {
-            print(try StatusClient.fetch(json: isJSON, socketPath: socket), terminator: "")
+            print(try StatusClient.fetch(format: format ?? (isJSON ? .json : .table), socketPath: socket), terminator: "")
         } catch {
             FileHandle.standardError.write(Data("tunneld status: \(error)\n".utf8))
             throw ExitCode(1)
@@ -178,3 +187,5 @@ struct Reconnect: ParsableCommand {
         print(answer, terminator: "")
     }
 }
+
+extension StatusClient.Format: ExpressibleByArgument {}

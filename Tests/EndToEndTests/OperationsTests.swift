@@ -241,6 +241,25 @@ final class OperationsTests: SSHTestCase {
 
         let table = try runProgram(TunneldProcess.binary, ["status", "--socket", socketPath])
         XCTAssertTrue(table.output.contains("b refused: access 1"), table.output)
+
+        let metrics = try runProgram(TunneldProcess.binary, ["status", "--format=prometheus", "--socket", socketPath])
+        XCTAssertEqual(metrics.status, 0, metrics.error)
+        let parsed = try PrometheusText(metrics.output)
+        XCTAssertEqual(parsed.samples[#"tunneld_connections_total{service="a",result="ok"}"#], 3, metrics.output)
+        XCTAssertEqual(parsed.samples[#"tunneld_connections_total{service="b",result="access"}"#], 1)
+        XCTAssertEqual(parsed.samples[#"tunneld_connections_active{service="a"}"#], 0)
+        XCTAssertEqual(parsed.samples[#"tunneld_bytes_total{service="a",direction="up"}"#], 15)
+        XCTAssertEqual(parsed.samples[#"tunneld_channel_open_seconds_count{service="a"}"#], 3)
+        XCTAssertEqual(parsed.samples[#"tunneld_channel_open_seconds_bucket{service="a",le="+Inf"}"#], 3)
+        XCTAssertEqual(parsed.samples[#"tunneld_sessions_up{server="\#(sshd.user)@127.0.0.1:\#(sshd.port)"}"#], 1)
+        XCTAssertEqual(parsed.types["tunneld_channel_open_seconds"], "histogram")
+
+        // Values move as connections are made.
+        XCTAssertEqual(try TCP.exchange(port: port, Array("more".utf8)), Array("more".utf8))
+        let later = try PrometheusText(try runProgram(TunneldProcess.binary, ["status", "--format", "prometheus", "--socket", socketPath]).output)
+        XCTAssertEqual(later.samples[#"tunneld_connections_total{service="a",result="ok"}"#], 4)
+        XCTAssertEqual(later.samples[#"tunneld_bytes_total{service="a",direction="down"}"#], 19)
+        XCTAssertGreaterThan(later.samples[#"tunneld_session_age_seconds{server="\#(sshd.user)@127.0.0.1:\#(sshd.port)"}"#] ?? 0, 0)
     }
 
     func testReconnectReplacesASilentlyDeadSessionAndStatusShowsTheConnectError() throws {
