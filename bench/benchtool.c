@@ -7,8 +7,10 @@
  *   benchtool source PORT                sends the number of bytes the client asks for ("N\n"), then closes
  *   benchtool smtp PORT                  speaks first like SMTP: a 220 banner, 250 to EHLO, 221 to QUIT and closes
  *   benchtool latency PORT N [PAUSE_MS]  N x (connect, 3 x 64-byte request/response, close): median/p90/p99 us
- *   benchtool smtplatency PORT N         N x (connect, banner, EHLO, reply, QUIT, reply, close): median/p90/p99 us
- *                                        of the whole exchange, and of connect to banner alone
+ *   benchtool smtplatency PORT N TIMEOUT_MS BUDGET_S
+ *                                        up to N x (connect, banner, EHLO, reply, QUIT, reply, close), each given
+ *                                        up at TIMEOUT_MS, none started after BUDGET_S: median/p90/p99 us of the
+ *                                        whole exchange and of connect to banner, the longest, how many took over 1 s
  *   benchtool connrate PORT SECONDS C    C clients in a loop of connect + 1 round trip: connections/s
  *   benchtool upload PORT BYTES C        C connections each send BYTES to a sink: MB/s total
  *   benchtool download PORT BYTES C      C connections each fetch BYTES from a source: MB/s total
@@ -210,38 +212,52 @@ static int latency(int port, int count, int pause_ms) {
     return ok == count ? 0 : 1;
 }
 
-/* Receives one reply line and checks that it starts with the three-digit code. Returns 0 if so. */
-static int expect_reply(int fd, const char *code) {
+enum reply { REPLY_OK, REPLY_TIMEOUT, REPLY_BAD };
+
+/* Receives one reply line and checks that it starts with the three-digit code. Returns
+ * REPLY_TIMEOUT if the socket's receive timeout ran out first, REPLY_BAD on EOF, error or another code. */
+static enum reply expect_reply(int fd, const char *code) {
     char line[512];
-    return recv_line(fd, line, sizeof line) || strncmp(line, code, 3) ? -1 : 0;
+    if (recv_line(fd, line, sizeof line)) return errno == EAGAIN || errno == EWOULDBLOCK ? REPLY_TIMEOUT : REPLY_BAD;
+    return strncmp(line, code, 3) ? REPLY_BAD : REPLY_OK;
 }
 
-/* Server-speaks-first latency: each of count exchanges is connect, read the banner, EHLO and its
- * reply, QUIT and its reply, close. The banner's wait is where a tunnel's channel open shows. */
-static int smtp_latency(int port, int count) {
+/* Server-speaks-first latency: each exchange is connect, read the banner, EHLO and its reply,
+ * QUIT and its reply, close. The banner's wait is where a tunnel's channel open shows. An
+ * exchange still waiting after timeout_ms is given up and counts as that long (so the figures
+ * are then lower bounds) and as late; no exchange starts after budget_s, so that a contender
+ * that stalls for seconds at a time cannot stretch the run. Returns 1 if an exchange failed
+ * (refused, closed, wrong reply) or none finished in time, else 0. */
+static int smtp_latency(int port, int count, int timeout_ms, double budget_s) {
     double *total = calloc((size_t)count, sizeof *total), *banner = calloc((size_t)count, sizeof *banner);
     static const char ehlo[] = "EHLO x\r\n", quit[] = "QUIT\r\n";
-    int ok = 0;
-    for (int i = 0; i < count; i++) {
+    int done = 0, failed = 0, timed_out = 0, over_second = 0;
+    double end = now() + budget_s;
+    for (int i = 0; i < count && now() < end; i++) {
         double start = now();
         int fd = dial(port);
-        if (fd < 0) continue;
-        int good = !expect_reply(fd, "220");
+        if (fd < 0) { failed++; continue; }
+        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        enum reply r = expect_reply(fd, "220");
         double greeted = now();
-        good = good && !send_all(fd, ehlo, sizeof ehlo - 1) && !expect_reply(fd, "250");
-        good = good && !send_all(fd, quit, sizeof quit - 1) && !expect_reply(fd, "221");
+        if (r == REPLY_OK && !send_all(fd, ehlo, sizeof ehlo - 1)) r = expect_reply(fd, "250");
+        if (r == REPLY_OK && !send_all(fd, quit, sizeof quit - 1)) r = expect_reply(fd, "221");
         close(fd);
-        if (good) {
-            banner[ok] = (greeted - start) * 1e6;
-            total[ok++] = (now() - start) * 1e6;
-        }
+        if (r == REPLY_BAD) { failed++; continue; }
+        timed_out += r == REPLY_TIMEOUT;
+        banner[done] = (greeted - start) * 1e6;
+        total[done] = (now() - start) * 1e6;
+        over_second += total[done++] > 1e6;
     }
-    if (ok == 0) { printf("smtplatency failed\n"); return 1; }
-    qsort(total, (size_t)ok, sizeof *total, compare);
-    qsort(banner, (size_t)ok, sizeof *banner, compare);
-    printf("median_us=%.0f p90_us=%.0f p99_us=%.0f banner_median_us=%.0f banner_p90_us=%.0f ok=%d of %d\n",
-           total[ok / 2], total[ok * 9 / 10], total[ok * 99 / 100], banner[ok / 2], banner[ok * 9 / 10], ok, count);
-    return ok == count ? 0 : 1;
+    if (done == timed_out) { printf("smtplatency failed: done=%d timed_out=%d errors=%d\n", done, timed_out, failed); return 1; }
+    qsort(total, (size_t)done, sizeof *total, compare);
+    qsort(banner, (size_t)done, sizeof *banner, compare);
+    printf("median_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f banner_median_us=%.0f banner_p90_us=%.0f "
+           "over_1s=%d timed_out=%d errors=%d done=%d of %d\n", total[done / 2], total[done * 9 / 10],
+           total[done * 99 / 100], total[done - 1], banner[done / 2], banner[done * 9 / 10], over_second, timed_out,
+           failed, done, count);
+    return failed ? 1 : 0;
 }
 
 struct job { int port; long long bytes; double seconds; int ok; long long done; };
@@ -376,7 +392,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "source")) serve(port, serve_source);
     if (!strcmp(mode, "smtp")) serve(port, serve_smtp);
     if (!strcmp(mode, "latency") && argc > 3) return latency(port, atoi(argv[3]), argc > 4 ? atoi(argv[4]) : 0);
-    if (!strcmp(mode, "smtplatency") && argc > 3) return smtp_latency(port, atoi(argv[3]));
+    if (!strcmp(mode, "smtplatency") && argc > 5) return smtp_latency(port, atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
     if (!strcmp(mode, "connrate") && argc > 4) return run_workers(connrate_worker, port, 0, atoi(argv[4]), atof(argv[3]), 1);
     if (!strcmp(mode, "upload") && argc > 4) return run_workers(upload_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
     if (!strcmp(mode, "download") && argc > 4) return run_workers(download_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
