@@ -225,7 +225,7 @@ static enum reply expect_reply(int fd, const char *code) {
 /* Server-speaks-first latency: each exchange is connect, read the banner, EHLO and its reply,
  * QUIT and its reply, close. The banner's wait is where a tunnel's channel open shows. An
  * exchange still waiting after timeout_ms is given up and counts as that long (so the figures
- * are then lower bounds) and as late; no exchange starts after budget_s, so that a contender
+ * are then lower bounds) and as timed out; no exchange starts after budget_s, so that a contender
  * that stalls for seconds at a time cannot stretch the run. Returns 1 if an exchange failed
  * (refused, closed, wrong reply) or none finished in time, else 0. */
 static int smtp_latency(int port, int count, int timeout_ms, double budget_s) {
@@ -241,8 +241,8 @@ static int smtp_latency(int port, int count, int timeout_ms, double budget_s) {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         enum reply r = expect_reply(fd, "220");
         double greeted = now();
-        if (r == REPLY_OK && !send_all(fd, ehlo, sizeof ehlo - 1)) r = expect_reply(fd, "250");
-        if (r == REPLY_OK && !send_all(fd, quit, sizeof quit - 1)) r = expect_reply(fd, "221");
+        if (r == REPLY_OK) r = send_all(fd, ehlo, sizeof ehlo - 1) ? REPLY_BAD : expect_reply(fd, "250");
+        if (r == REPLY_OK) r = send_all(fd, quit, sizeof quit - 1) ? REPLY_BAD : expect_reply(fd, "221");
         close(fd);
         if (r == REPLY_BAD) { failed++; continue; }
         timed_out += r == REPLY_TIMEOUT;
