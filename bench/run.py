@@ -577,7 +577,9 @@ def targets(results, others_cores):
         pump = n("libssh2 pump", "bulk %s, 1 connection" % direction)
         aes = n("ssh -L aes128-ctr", "bulk %s, 1 connection" % direction)
         row("bulk %s, 1 connection >= 0.9x the libssh2 pump" % direction, "%.2fx (%.2fx ssh -L aes128-ctr)" % (ours / pump, ours / aes), ours / pump >= 0.9,
-            ("tunneld %.0f MB/s, the pump %.0f MB/s, best of interleaved rounds on a shared machine (see above)" % (ours, pump)
+            ("tunneld %.0f MB/s, the pump %.0f MB/s, best of interleaved rounds; on a shared machine (see above) both, "
+             "one libssh2 loop on one core each, lose to the other load by turns, so this run cannot tell a "
+             "regression from contention" % (ours, pump)
              if others_cores > 0.25 else
              "within the pump's run-to-run spread; the pump is the same libssh2 loop without tunneld"))
     cores = len(os.sched_getaffinity(0))
