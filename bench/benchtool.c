@@ -5,7 +5,12 @@
  *   benchtool echo PORT                  echo server (sends back what it gets, half-closes after the client)
  *   benchtool sink PORT                  reads until EOF, then replies with the byte count as text
  *   benchtool source PORT                sends the number of bytes the client asks for ("N\n"), then closes
+ *   benchtool smtp PORT                  speaks first like SMTP: a 220 banner, 250 to EHLO, 221 to QUIT and closes
  *   benchtool latency PORT N [PAUSE_MS]  N x (connect, 3 x 64-byte request/response, close): median/p90/p99 us
+ *   benchtool smtplatency PORT N TIMEOUT_MS BUDGET_S
+ *                                        up to N x (connect, banner, EHLO, reply, QUIT, reply, close), each given
+ *                                        up at TIMEOUT_MS, none started after BUDGET_S: median/p90/p99 us of the
+ *                                        whole exchange and of connect to banner, the longest, how many took over 1 s
  *   benchtool connrate PORT SECONDS C    C clients in a loop of connect + 1 round trip: connections/s
  *   benchtool upload PORT BYTES C        C connections each send BYTES to a sink: MB/s total
  *   benchtool download PORT BYTES C      C connections each fetch BYTES from a source: MB/s total
@@ -22,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -130,6 +136,37 @@ static void *serve_source(void *arg) {
     return NULL;
 }
 
+/* Reads one line ending in \n into line (at most size - 1 bytes, NUL-terminated), a byte at a
+ * time so that nothing after the line is consumed. Returns 0, or -1 on EOF, error or overlong line. */
+static int recv_line(int fd, char *line, size_t size) {
+    size_t used = 0;
+    while (used < size - 1) {
+        ssize_t r = recv(fd, line + used, 1, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        if (line[used++] == '\n') { line[used] = 0; return 0; }
+    }
+    return -1;
+}
+
+/* A server that speaks first, shaped like SMTP: the banner goes out as soon as the client is
+ * accepted, before the client has sent anything. Unknown commands get a 500 reply. */
+static void *serve_smtp(void *arg) {
+    int fd = (int)(intptr_t)arg, on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    static const char banner[] = "220 bench ESMTP\r\n", hello[] = "250 ok\r\n", bye[] = "221 bye\r\n", what[] = "500 what\r\n";
+    char line[512];
+    if (!send_all(fd, banner, sizeof banner - 1)) {
+        while (!recv_line(fd, line, sizeof line)) {
+            if (!strncasecmp(line, "QUIT", 4)) { send_all(fd, bye, sizeof bye - 1); break; }
+            const char *reply = strncasecmp(line, "EHLO", 4) ? what : hello;
+            if (send_all(fd, reply, strlen(reply))) break;
+        }
+    }
+    close(fd);
+    return NULL;
+}
+
 static _Noreturn void serve(int port, void *(*handler)(void *)) {
     int listener = listen_on(port);
     for (;;) {
@@ -173,6 +210,54 @@ static int latency(int port, int count, int pause_ms) {
     printf("median_us=%.0f p90_us=%.0f p99_us=%.0f ok=%d of %d\n", samples[ok / 2], samples[ok * 9 / 10],
            samples[ok * 99 / 100], ok, count);
     return ok == count ? 0 : 1;
+}
+
+enum reply { REPLY_OK, REPLY_TIMEOUT, REPLY_BAD };
+
+/* Receives one reply line and checks that it starts with the three-digit code. Returns
+ * REPLY_TIMEOUT if the socket's receive timeout ran out first, REPLY_BAD on EOF, error or another code. */
+static enum reply expect_reply(int fd, const char *code) {
+    char line[512];
+    if (recv_line(fd, line, sizeof line)) return errno == EAGAIN || errno == EWOULDBLOCK ? REPLY_TIMEOUT : REPLY_BAD;
+    return strncmp(line, code, 3) ? REPLY_BAD : REPLY_OK;
+}
+
+/* Server-speaks-first latency: each exchange is connect, read the banner, EHLO and its reply,
+ * QUIT and its reply, close. The banner's wait is where a tunnel's channel open shows. An
+ * exchange still waiting after timeout_ms is given up and counts as that long (so the figures
+ * are then lower bounds) and as timed out; no exchange starts after budget_s, so that a contender
+ * that stalls for seconds at a time cannot stretch the run. Returns 1 if an exchange failed
+ * (refused, closed, wrong reply) or none finished in time, else 0. */
+static int smtp_latency(int port, int count, int timeout_ms, double budget_s) {
+    double *total = calloc((size_t)count, sizeof *total), *banner = calloc((size_t)count, sizeof *banner);
+    static const char ehlo[] = "EHLO x\r\n", quit[] = "QUIT\r\n";
+    int done = 0, failed = 0, timed_out = 0, over_second = 0;
+    double end = now() + budget_s;
+    for (int i = 0; i < count && now() < end; i++) {
+        double start = now();
+        int fd = dial(port);
+        if (fd < 0) { failed++; continue; }
+        struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        enum reply r = expect_reply(fd, "220");
+        double greeted = now();
+        if (r == REPLY_OK) r = send_all(fd, ehlo, sizeof ehlo - 1) ? REPLY_BAD : expect_reply(fd, "250");
+        if (r == REPLY_OK) r = send_all(fd, quit, sizeof quit - 1) ? REPLY_BAD : expect_reply(fd, "221");
+        close(fd);
+        if (r == REPLY_BAD) { failed++; continue; }
+        timed_out += r == REPLY_TIMEOUT;
+        banner[done] = (greeted - start) * 1e6;
+        total[done] = (now() - start) * 1e6;
+        over_second += total[done++] > 1e6;
+    }
+    if (done == timed_out) { printf("smtplatency failed: done=%d timed_out=%d errors=%d\n", done, timed_out, failed); return 1; }
+    qsort(total, (size_t)done, sizeof *total, compare);
+    qsort(banner, (size_t)done, sizeof *banner, compare);
+    printf("median_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f banner_median_us=%.0f banner_p90_us=%.0f "
+           "over_1s=%d timed_out=%d errors=%d done=%d of %d\n", total[done / 2], total[done * 9 / 10],
+           total[done * 99 / 100], total[done - 1], banner[done / 2], banner[done * 9 / 10], over_second, timed_out,
+           failed, done, count);
+    return failed ? 1 : 0;
 }
 
 struct job { int port; long long bytes; double seconds; int ok; long long done; };
@@ -305,7 +390,9 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "echo")) serve(port, serve_echo);
     if (!strcmp(mode, "sink")) serve(port, serve_sink);
     if (!strcmp(mode, "source")) serve(port, serve_source);
+    if (!strcmp(mode, "smtp")) serve(port, serve_smtp);
     if (!strcmp(mode, "latency") && argc > 3) return latency(port, atoi(argv[3]), argc > 4 ? atoi(argv[4]) : 0);
+    if (!strcmp(mode, "smtplatency") && argc > 5) return smtp_latency(port, atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
     if (!strcmp(mode, "connrate") && argc > 4) return run_workers(connrate_worker, port, 0, atoi(argv[4]), atof(argv[3]), 1);
     if (!strcmp(mode, "upload") && argc > 4) return run_workers(upload_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
     if (!strcmp(mode, "download") && argc > 4) return run_workers(download_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
