@@ -56,6 +56,7 @@ public struct CheckReport: Sendable {
             value == value.rounded() ? String(Int(value)) : String(value)
         }
         if service.isPersistent { options.append("persistent") }
+        if let probe = service.probeInterval { options.append("probe=\(seconds(probe))") }
         if service.sessions != 4 { options.append("sessions=\(service.sessions)") }
         if service.linger != 30 { options.append("linger=\(seconds(service.linger))") }
         if service.keepalive != Keepalive() { options.append("keepalive=\(seconds(service.keepalive.interval))x\(service.keepalive.count)") }

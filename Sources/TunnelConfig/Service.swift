@@ -33,6 +33,8 @@ public struct Service: Sendable, Equatable {
     public var isPersistent: Bool
     /// How many SSH sessions to the server may carry this service's connections at once.
     public var sessions: Int
+    /// Seconds between health probes of the target (persistent services), if probed.
+    public var probeInterval: Double?
     /// SSH-level liveness checking.
     public var keepalive: Keepalive
     /// Seconds allowed for TCP connect, handshake, host-key check and authentication.
@@ -58,6 +60,7 @@ public struct Service: Sendable, Equatable {
         identityPassphraseFile: String? = nil, identityAgent: String? = nil,
         knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
         fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4,
+        probeInterval: Double? = nil,
         keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10,
         instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil,
         onlyFrom: [AddressMatch]? = nil, noAccess: [AddressMatch] = [],
@@ -78,6 +81,7 @@ public struct Service: Sendable, Equatable {
         self.linger = linger
         self.isPersistent = isPersistent
         self.sessions = sessions
+        self.probeInterval = probeInterval
         self.keepalive = keepalive
         self.connectTimeout = connectTimeout
         self.instances = instances

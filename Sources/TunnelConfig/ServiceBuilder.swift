@@ -110,6 +110,11 @@ struct ServiceBuilder {
         let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
         let keepalive = resolveKeepalive()
         let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
+        var probeInterval = values["probe"] == nil ? nil : parse("probe") { ValueParser.seconds($0, allowZero: false, atMost: .day) }
+        if probeInterval != nil && !persistent {
+            warning("probe", "probe works with persistent = yes only (a probe would keep the session up); it is ignored")
+            probeInterval = nil
+        }
 
         // Limits and access.
         let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
@@ -132,7 +137,7 @@ struct ServiceBuilder {
             server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
             identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
-            isPersistent: persistent, sessions: sessions, keepalive: keepalive, connectTimeout: connectTimeout,
+            isPersistent: persistent, sessions: sessions, probeInterval: probeInterval, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
             logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
         checkKnownHosts(service)

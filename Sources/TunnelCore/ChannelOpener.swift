@@ -15,6 +15,8 @@ struct ChannelOpener {
         case client(Connection)
         /// A channel open the server refuses at once, to learn that it is alive.
         case probe
+        /// A channel to a service's target, closed at once: is the target up?
+        case health(HealthCheck)
     }
 
     /// What progress produced, for the event loop to act on.
@@ -29,6 +31,9 @@ struct ChannelOpener {
         case late(any TunnelChannel)
         /// The server answered a probe.
         case probeAnswered
+        /// A health probe's channel opened (free it) or did not (why).
+        case healthy(HealthCheck, any TunnelChannel)
+        case unhealthy(HealthCheck, reason: String)
     }
 
     /// The open under way.
@@ -60,6 +65,13 @@ struct ChannelOpener {
     mutating func enqueueProbe() {
         guard !hasProbe else { return }
         queue.append(.probe)
+    }
+
+    /// Queues a health probe, unless one for the same service is queued or under way.
+    mutating func enqueueHealth(_ check: HealthCheck) {
+        let pending = queue + (current.map { [$0.request] } ?? [])
+        let isPending = pending.contains { if case .health(let other) = $0 { return other.service == check.service } else { return false } }
+        if !isPending { queue.append(.health(check)) }
     }
 
     /// Whether a probe is queued or under way.
@@ -116,6 +128,9 @@ struct ChannelOpener {
         if let current, !current.isAbandoned, case .client(let connection) = current.request, let deadline = connection.openDeadline {
             deadlines.append(deadline)
         }
+        if let current, !current.isAbandoned, case .health = current.request {
+            deadlines.append(current.startedAt + Duration(seconds: openTimeout))
+        }
         return deadlines.min()
     }
 
@@ -136,6 +151,21 @@ struct ChannelOpener {
                 guard try session.probe() != nil else { return events + expire(now: now) }
                 current = nil
                 events.append(.probeAnswered)
+            case .health(let check):
+                do {
+                    guard let channel = try session.openChannel(to: check.target, from: Endpoint(host: "127.0.0.1", port: 0), window: window) else {
+                        return events + expire(now: now)
+                    }
+                    current = nil
+                    events.append(open.isAbandoned ? .late(channel) : .healthy(check, channel))
+                } catch let failure as ChannelOpenFailure {
+                    current = nil
+                    guard !open.isAbandoned else { continue }
+                    switch failure {
+                    case .refused(let reason): events.append(.unhealthy(check, reason: "refused: \(reason)"))
+                    case .unanswered: events.append(.unhealthy(check, reason: unansweredReason))
+                    }
+                }
             case .client(let connection):
                 do {
                     guard let channel = try session.openChannel(to: connection.service.target, from: connection.peer, window: window) else {
@@ -171,6 +201,12 @@ struct ChannelOpener {
             open.isAbandoned = true
             current = open
             events.append(.expired(connection, reason: unansweredReason))
+        }
+        if var open = current, !open.isAbandoned, case .health(let check) = open.request,
+           (now - open.startedAt).seconds >= openTimeout {
+            open.isAbandoned = true
+            current = open
+            events.append(.unhealthy(check, reason: unansweredReason))
         }
         let busyReason = "no channel could be opened within \(openTimeout.secondsText) s: the session was busy"
         queue.removeAll { request in

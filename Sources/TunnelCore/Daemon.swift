@@ -135,6 +135,7 @@ public final class Daemon {
             let service = endpoint.service
             let counters = endpoint.stats.snapshot
             let server = pool.status(of: service.sessionKey)
+            let probe = pool.health.result(for: service.name)
             return StatusReport.ServiceStatus(
                 name: service.name, listen: "\(service.listen)", via: "\(service.user)@\(service.server)",
                 target: "\(service.target)", session: server.state, sessionsUp: server.sessionsUp,
@@ -144,7 +145,8 @@ public final class Daemon {
                 bytesUp: counters.bytesUp, bytesDown: counters.bytesDown, refusals: counters.refusals,
                 lastError: counters.lastError, lastErrorAt: counters.lastErrorAt.map(StatusReport.timestamp),
                 results: counters.results, openLatency: counters.openLatency,
-                sessionAgeSeconds: server.oldestSessionSeconds, connectFailures: server.connectFailures)
+                sessionAgeSeconds: server.oldestSessionSeconds, connectFailures: server.connectFailures,
+                probe: probe?.detail, probeAt: probe.map { StatusReport.timestamp($0.at) })
         }
         return StatusReport(pid: getpid(), startedAt: StatusReport.timestamp(startedAt), services: services.sorted { $0.name < $1.name })
     }

@@ -29,6 +29,10 @@ final class SessionEventLoop {
 
     private let session: any TunnelSession
     private let settings: SessionSettings
+    /// Where health probes report, on the persistent session only.
+    private let health: HealthBoard?
+    /// When each service's next health probe is due.
+    private var healthDue: [String: ContinuousClock.Instant] = [:]
     private let logger: Logger
     private let clock: () -> ContinuousClock.Instant
 
@@ -59,14 +63,20 @@ final class SessionEventLoop {
     /// Clients that had no channel yet when the session ended; the supervisor moves them on.
     private(set) var orphans: [Connection] = []
 
-    init(session: any TunnelSession, settings: SessionSettings, logger: Logger, clock: @escaping () -> ContinuousClock.Instant = { .now }) {
+    /// - `health`: where the settings' health probes report; nil for a session that does not probe.
+    init(session: any TunnelSession, settings: SessionSettings, logger: Logger, health: HealthBoard? = nil,
+         clock: @escaping () -> ContinuousClock.Instant = { .now }) {
         self.session = session
         self.settings = settings
+        self.health = health
         self.logger = logger
         self.clock = clock
         opener = ChannelOpener(openTimeout: settings.openTimeout)
         pump = ChannelPump(scratch: scratch)
         idleSince = clock()
+        if health != nil {
+            for check in settings.healthChecks { healthDue[check.service] = idleSince }
+        }
     }
 
     deinit {
@@ -149,6 +159,7 @@ final class SessionEventLoop {
                 try progressOpens()
             }
             if let ending = try checkLiveness() { return ending }
+            try runDueHealthChecks()
             // The probes above may have read data for channels, or opened one: deliver it now.
             try settle()
             connections.removeAll { $0.isClosed }
@@ -204,6 +215,11 @@ final class SessionEventLoop {
             case .probeAnswered:
                 probeSentAt = nil
                 urgentSince = nil
+            case .healthy(let check, let channel):
+                if !channel.free() { closingChannels.append(channel) }
+                health?.record(service: check.service, isUp: true, detail: "ok")
+            case .unhealthy(let check, let reason):
+                health?.record(service: check.service, isUp: false, detail: reason)
             }
         }
     }
@@ -247,6 +263,19 @@ final class SessionEventLoop {
             try progressOpens()
         }
         return nil
+    }
+
+    /// Queues the health probes that are due (each at most once under way).
+    private func runDueHealthChecks() throws {
+        guard health != nil else { return }
+        let now = clock()
+        var queued = false
+        for check in settings.healthChecks where healthDue[check.service].map({ $0 <= now }) ?? false {
+            opener.enqueueHealth(check)
+            healthDue[check.service] = now + Duration(seconds: check.interval)
+            queued = true
+        }
+        if queued { try progressOpens() }
     }
 
     // MARK: Endings
@@ -365,6 +394,9 @@ final class SessionEventLoop {
         }
         if let idleSince, !settings.isPersistent {
             deadline = min(deadline, idleSince + Duration(seconds: settings.linger))
+        }
+        if let due = healthDue.values.min() {
+            deadline = min(deadline, due)
         }
         if case .whenIdle(let stopAt?) = stopping {
             deadline = min(deadline, stopAt)

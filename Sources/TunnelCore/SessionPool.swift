@@ -49,6 +49,8 @@ final class SessionPool: @unchecked Sendable {
     private let logger: Logger
     /// Kept by every session's event loop.
     let watchdog: Watchdog?
+    /// Results of the persistent sessions' health probes.
+    let health = HealthBoard()
     private let suspendDetector = Mutex(SuspendDetector())
 
     init(services: [Service], logger: Logger, watchdog: Watchdog? = nil) {

@@ -11,6 +11,8 @@ struct SessionSettings: Equatable, Sendable {
     var connectTimeout: Double
     /// How many sessions to the server may run at once.
     var maxSessions: Int
+    /// Health probes of targets, run by the persistent session.
+    var healthChecks: [HealthCheck]
 
     init(key: SessionKey, services: [Service]) {
         self.key = key
@@ -19,6 +21,9 @@ struct SessionSettings: Equatable, Sendable {
         keepalive = services.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
         connectTimeout = services.map(\.connectTimeout).max() ?? 10
         maxSessions = services.map(\.sessions).max() ?? 4
+        healthChecks = services.compactMap { service in
+            service.probeInterval.map { HealthCheck(service: service.name, target: service.target, interval: $0) }
+        }
     }
 
     /// Seconds of silence from the server after which the session counts as dead.

@@ -188,7 +188,7 @@ final class SessionSupervisor: @unchecked Sendable {
             upMetadata["connect.seconds"] = "\((ContinuousClock.now - started).seconds.threeDecimals)"
             logger.info("session up", metadata: upMetadata)
 
-            let loop = SessionEventLoop(session: session, settings: settings, logger: logger)
+            let loop = SessionEventLoop(session: session, settings: settings, logger: logger, health: isPersistent ? pool.health : nil)
             let ending = drive(loop, socket: session.socket)
             var downMetadata = metadata
             switch ending {

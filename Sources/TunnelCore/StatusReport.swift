@@ -32,6 +32,9 @@ public struct StatusReport: Codable, Equatable {
         var sessionAgeSeconds: Double?
         /// Failed connects to the server since start.
         var connectFailures = 0
+        /// The last health probe (`probe = interval`): `ok` or why not, and when.
+        public var probe: String?
+        public var probeAt: String?
     }
 
     public var pid: Int32
@@ -67,6 +70,10 @@ public struct StatusReport: Codable, Equatable {
                 index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
             }.joined(separator: "  ")
             text += line.trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        for service in services {
+            guard let probe = service.probe else { continue }
+            text += "\(service.name) probe: \(probe)\(service.probeAt.map { " at \($0)" } ?? "")\n"
         }
         var shown = Set<String>()
         for service in services {
@@ -111,6 +118,11 @@ public struct StatusReport: Codable, Equatable {
             text += "tunneld_channel_open_seconds_bucket{\(label),le=\"+Inf\"} \(service.openLatency.count)\n"
             text += "tunneld_channel_open_seconds_sum{\(label)} \(Self.number(service.openLatency.sum))\n"
             text += "tunneld_channel_open_seconds_count{\(label)} \(service.openLatency.count)\n"
+        }
+        let probed = services.filter { $0.probe != nil }
+        if !probed.isEmpty {
+            family("tunneld_probe_up", "gauge", "Whether the last health probe of the service's target opened a channel.",
+                   probed.map { ([("service", $0.name)], $0.probe == "ok" ? "1" : "0") })
         }
         var servers: [ServiceStatus] = []
         for service in services where !servers.contains(where: { $0.via == service.via }) { servers.append(service) }

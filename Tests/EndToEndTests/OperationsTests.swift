@@ -309,6 +309,29 @@ final class OperationsTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("services=all", count: 2, timeout: 5), tunneld.log)
     }
 
+    func testAProbedPersistentServiceShowsItsTargetGoingDownBeforeAnyClientTries() throws {
+        let target = try EchoServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "kiosk": stanza("kiosk", port: port, via: sshd, target: target.port, extra: "    persistent = yes\n    probe = 0.3"),
+        ])
+        let socketPath = tunneld.directory.file("control.sock")
+        func status() throws -> String {
+            try runProgram(TunneldProcess.binary, ["status", "--socket", socketPath]).output
+        }
+        XCTAssertTrue(waitUntil(timeout: 5) { (try? status())?.contains("kiosk probe: ok at ") ?? false }, (try? status()) ?? "")
+        let connectionsBefore = target.connectionCount
+        XCTAssertGreaterThan(connectionsBefore, 0, "the probe reached the target")
+
+        // The target stops: status says so within a probe interval or two, with no client.
+        target.stop()
+        XCTAssertTrue(waitUntil(timeout: 3) { (try? status())?.contains("kiosk probe: refused: connect failed") ?? false }, (try? status()) ?? "")
+        let metrics = try PrometheusText(try runProgram(TunneldProcess.binary, ["status", "--format", "prometheus", "--socket", socketPath]).output)
+        XCTAssertEqual(metrics.samples[#"tunneld_probe_up{service="kiosk"}"#], 0)
+        XCTAssertEqual(metrics.samples[#"tunneld_connections_total{service="kiosk",result="ok"}"#], 0, "probes are not connections")
+        XCTAssertEqual(sshd.acceptedLogins, 1, "probes ride the persistent session")
+    }
+
     func testSystemdNotificationsAndSocketActivation() throws {
         let directory = ScratchDirectory("notify")
         let notifyPath = directory.file("notify.sock")

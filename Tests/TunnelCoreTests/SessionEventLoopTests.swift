@@ -299,6 +299,31 @@ final class SessionEventLoopTests: XCTestCase {
         XCTAssertEqual(pass(), .died("no answer from the server within 3 s (keepalive)"))
     }
 
+    func testHealthProbesOpenAndCloseAChannelOnScheduleAndReportTheResult() throws {
+        var probed = Self.service(connectTimeout: 5, name: "kiosk")
+        probed.isPersistent = true
+        probed.probeInterval = 10
+        let board = HealthBoard()
+        loop = SessionEventLoop(session: session, settings: SessionSettings(key: probed.sessionKey, services: [probed]), logger: log.logger,
+                                health: board, clock: { [clock] in clock!.now })
+        XCTAssertNil(pass())
+        XCTAssertEqual(session.openedTargets, [Endpoint(host: "carbon", port: 6001)], "probed at once")
+        XCTAssertTrue(session.channels[0].isFreed, "and its channel closed at once")
+        XCTAssertEqual(board.result(for: "kiosk")?.detail, "ok")
+        XCTAssertEqual(loop.nextDeadline, clock.now + .seconds(10))
+
+        // The SIP2 server forgot to start: the next probe says so.
+        session.answers = [.refuse("connect failed")]
+        clock.advance(5)
+        pass()
+        XCTAssertEqual(session.openedTargets.count, 1, "not before its interval")
+        clock.advance(5)
+        session.receive()
+        pass()
+        XCTAssertEqual(board.result(for: "kiosk"), HealthBoard.Result(isUp: false, detail: "refused: connect failed", at: board.result(for: "kiosk")!.at))
+        XCTAssertEqual(log.results, [], "probes are not connections")
+    }
+
     func testConnectionFinishClosesItsDescriptorExactlyOnce() {
         let connection = client()
         let fd = connection.input
