@@ -36,7 +36,8 @@ STAGE = $(SCRATCH)/install-stage
 VERSION := $(shell sed -n 's/^ *static let version = "\(.*\)"$$/\1/p' Sources/tunneld/Tunneld.swift)
 ARCH := $(shell dpkg --print-architecture 2>/dev/null || uname -m)
 MAINTAINER ?= tunneld maintainers <tunneld@packages.invalid>
-DEB = dist/tunneld_$(VERSION)_$(ARCH).deb
+DIST ?= dist
+DEB = $(DIST)/tunneld_$(VERSION)_$(ARCH).deb
 DEBROOT = $(SCRATCH)/deb/debian/tunneld
 
 EXAMPLES := $(notdir $(filter-out %~ %.bak,$(wildcard services.d/*)))
@@ -101,7 +102,7 @@ uninstall:
 # A binary package built with dpkg-deb alone: files as `make install PREFIX=/usr` puts them,
 # /etc files as conffiles, manual pages gzipped, Depends from dpkg-shlibdeps.
 deb: $(STAGE)/etc
-	rm -rf $(SCRATCH)/deb && mkdir -p $(DEBROOT)/DEBIAN dist
+	rm -rf $(SCRATCH)/deb && mkdir -p $(DEBROOT)/DEBIAN $(DIST)
 	$(MAKE) --no-print-directory install-files DESTDIR=$(CURDIR)/$(DEBROOT) PREFIX=/usr \
 		SYSTEMUNITDIR=/lib/systemd/system SLEEPHOOKDIR=/lib/systemd/system-sleep
 	install -d $(DEBROOT)$(CONFDIR) $(DEBROOT)$(NMDISPATCHERDIR) $(DEBROOT)/usr/share/doc/tunneld
@@ -125,4 +126,4 @@ deb: $(STAGE)/etc
 	dpkg-deb --root-owner-group -Zxz --build $(DEBROOT) $(DEB)
 
 clean-dist:
-	rm -rf dist $(SCRATCH)/deb $(STAGE)
+	rm -rf $(DIST) $(SCRATCH)/deb $(STAGE)
