@@ -38,7 +38,7 @@ ARCH := $(shell dpkg --print-architecture 2>/dev/null || uname -m)
 MAINTAINER ?= tunneld maintainers <tunneld@packages.invalid>
 DIST ?= dist
 DEB = $(DIST)/tunneld_$(VERSION)_$(ARCH).deb
-DEBROOT = $(SCRATCH)/deb/debian/tunneld
+DEBROOT = $(abspath $(SCRATCH))/deb/debian/tunneld
 
 EXAMPLES := $(notdir $(filter-out %~ %.bak,$(wildcard services.d/*)))
 
@@ -97,13 +97,15 @@ uninstall:
 		$(DESTDIR)$(SYSTEMUNITDIR)/tunneld.service $(DESTDIR)$(SYSTEMUNITDIR)/tunneld.socket \
 		$(DESTDIR)$(USERUNITDIR)/tunneld.service $(DESTDIR)$(SLEEPHOOKDIR)/tunneld
 	sh packaging/etc-files uninstall $(DESTDIR)$(DATADIR)/etc-files.sha256 "$(DESTDIR)"
-	-rmdir $(DESTDIR)$(DATADIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(SYSCONFDIR)/tunneld 2>/dev/null
+	for directory in $(DESTDIR)$(DATADIR) $(DESTDIR)$(CONFDIR) $(DESTDIR)$(SYSCONFDIR)/tunneld; do \
+		rmdir $$directory 2>/dev/null || true; \
+	done
 
 # A binary package built with dpkg-deb alone: files as `make install PREFIX=/usr` puts them,
 # /etc files as conffiles, manual pages gzipped, Depends from dpkg-shlibdeps.
 deb: $(STAGE)/etc
 	rm -rf $(SCRATCH)/deb && mkdir -p $(DEBROOT)/DEBIAN $(DIST)
-	$(MAKE) --no-print-directory install-files DESTDIR=$(CURDIR)/$(DEBROOT) PREFIX=/usr \
+	$(MAKE) --no-print-directory install-files DESTDIR=$(DEBROOT) PREFIX=/usr \
 		SYSTEMUNITDIR=/lib/systemd/system SLEEPHOOKDIR=/lib/systemd/system-sleep
 	install -d $(DEBROOT)$(CONFDIR) $(DEBROOT)$(NMDISPATCHERDIR) $(DEBROOT)/usr/share/doc/tunneld
 	install -m 0644 $(STAGE)/etc/services.d/* $(DEBROOT)$(CONFDIR)/
