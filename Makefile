@@ -110,6 +110,7 @@ deb: $(STAGE)/etc
 	install -d $(DEBROOT)$(CONFDIR) $(DEBROOT)$(NMDISPATCHERDIR) $(DEBROOT)/usr/share/doc/tunneld
 	install -m 0644 $(STAGE)/etc/services.d/* $(DEBROOT)$(CONFDIR)/
 	install -m 0755 $(STAGE)/etc/90-tunneld $(DEBROOT)$(NMDISPATCHERDIR)/90-tunneld
+	strip --remove-section=.comment $(DEBROOT)/usr/sbin/tunneld
 	gzip -9n $(DEBROOT)/usr/share/man/man8/tunneld.8 $(DEBROOT)/usr/share/man/man5/tunneld.conf.5
 	install -m 0644 packaging/copyright $(DEBROOT)/usr/share/doc/tunneld/copyright
 	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@MAINTAINER@|$(MAINTAINER)|' \
@@ -125,6 +126,7 @@ deb: $(STAGE)/etc
 		-e "s|@DEPENDS@|$$(cat $(SCRATCH)/deb/depends), adduser|" \
 		-e "s|@SIZE@|$$(du -sk --exclude=DEBIAN $(DEBROOT) | cut -f1)|" \
 		packaging/control.in >$(DEBROOT)/DEBIAN/control
+	cd $(DEBROOT) && find . -type f ! -path './DEBIAN/*' ! -path './etc/*' -printf '%P\n' | LC_ALL=C sort | xargs md5sum >DEBIAN/md5sums
 	dpkg-deb --root-owner-group -Zxz --build $(DEBROOT) $(DEB)
 
 clean-dist:
