@@ -1,13 +1,12 @@
 import Foundation
 import Glibc
 
-/// The daemon's Unix control socket (mode 0600): a client sends one line (`status`,
-/// `status json`, `reconnect [SERVICE…]`) and reads the answer until the daemon closes the
-/// connection.
+/// The daemon's Unix control socket (mode 0600, or 0660 for a group): a client sends one
+/// line (`status`, `status json`, `reconnect [SERVICE…]`) and reads the answer until the
+/// daemon closes the connection.
 final class ControlSocket: @unchecked Sendable {
     let path: String
     private let fd: Int32
-    private let respond: @Sendable (String) -> String
 
     /// Where the socket lives when the configuration does not say: /run/tunneld as root,
     /// else $XDG_RUNTIME_DIR, else /tmp.
@@ -17,10 +16,11 @@ final class ControlSocket: @unchecked Sendable {
         return "/tmp/tunneld-\(geteuid()).sock"
     }
 
-    /// Binds `path`, replacing a stale socket file but not a live daemon's.
-    init(path: String, respond: @escaping @Sendable (String) -> String) throws {
+    /// Binds `path`, replacing a stale socket file but not a live daemon's. The socket is
+    /// mode 0600; with `group`, it belongs to that group and is mode 0660 (changing the group
+    /// needs root or CAP_CHOWN). Clients wait in the backlog until `start(respond:)`.
+    init(path: String, group: gid_t? = nil) throws {
         self.path = path
-        self.respond = respond
         let directory = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         if FileManager.default.fileExists(atPath: path) {
@@ -41,8 +41,22 @@ final class ControlSocket: @unchecked Sendable {
             Glibc.close(fd)
             throw error
         }
-        chmod(path, 0o600)
-        let thread = Thread { [self] in serve() }
+        if let group {
+            guard chown(path, uid_t.max, group) == 0 else {
+                let error = ControlError(description: "cannot give the control socket \(path) to group \(group): \(String(cString: strerror(errno)))")
+                unlink(path)
+                Glibc.close(fd)
+                throw error
+            }
+            chmod(path, 0o660)
+        } else {
+            chmod(path, 0o600)
+        }
+    }
+
+    /// Starts answering requests, each with what `respond` returns for its line.
+    func start(respond: @escaping @Sendable (String) -> String) {
+        let thread = Thread { [self] in serve(respond) }
         thread.name = "control"
         thread.start()
     }
@@ -54,7 +68,7 @@ final class ControlSocket: @unchecked Sendable {
         Glibc.close(fd)
     }
 
-    private func serve() {
+    private func serve(_ respond: @Sendable (String) -> String) {
         while true {
             let client = accept(fd, nil, nil)
             if client < 0 {

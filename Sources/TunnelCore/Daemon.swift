@@ -43,15 +43,33 @@ public final class Daemon {
             throw DaemonError(description: "no service could listen; see the errors above")
         }
         let controlPath = configuration.globals.controlSocket ?? ControlSocket.defaultPath()
-        if let account = configuration.globals.runAs {
+        var account: (name: String, uid: uid_t, gid: gid_t)?
+        if let name = configuration.globals.runAs {
             do {
-                let (uid, gid) = try Privileges.ids(of: account)
-                // The control socket directory must stay usable after the switch.
+                let (uid, gid) = try Privileges.ids(of: name)
+                account = (name, uid, gid)
+            } catch {
+                for endpoint in endpoints { close(endpoint.fd) }
+                throw DaemonError(description: "\(error)")
+            }
+        }
+        // The control socket is made before the switch to run_as, while /run/tunneld is still
+        // writable and the socket can be given to run_as's group, so that root and that group
+        // can both ask for status. It answers once the listener and pool below exist.
+        var control: ControlSocket?
+        do {
+            control = try ControlSocket(path: controlPath, group: account?.gid)
+        } catch {
+            logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
+        }
+        defer { control?.close() }
+        if let account {
+            do {
+                // The directory stays the run_as account's, so that it can remove the socket at exit.
                 let directory = (controlPath as NSString).deletingLastPathComponent
-                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-                if directory.hasPrefix("/run/tunneld") { chown(directory, uid, gid) }
-                try Privileges.drop(to: account)
-                logger.notice("switched to run_as account", metadata: ["run_as": "\(account)"])
+                if directory.hasPrefix("/run/tunneld") { chown(directory, account.uid, account.gid) }
+                try Privileges.drop(to: account.name)
+                logger.notice("switched to run_as account", metadata: ["run_as": "\(account.name)"])
             } catch {
                 for endpoint in endpoints { close(endpoint.fd) }
                 throw DaemonError(description: "\(error)")
@@ -77,23 +95,17 @@ public final class Daemon {
             logger.warning("network changes will not be noticed; use tunneld reconnect", metadata: ["error": "\(problem)"])
         }
         let startedAt = Date()
-        var control: ControlSocket?
-        do {
-            control = try ControlSocket(path: controlPath) { [logger] request in
-                let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
-                let words = request.split(separator: " ").map(String.init)
-                switch words.first {
-                case "status" where words.count == 1: return report.table()
-                case "status" where words == ["status", "json"]: return report.json()
-                case "status" where words == ["status", "prometheus"]: return report.prometheus()
-                case "reconnect": return Self.reconnect(names: Array(words.dropFirst()), listener: listener, pool: pool, logger: logger)
-                default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
-                }
+        control?.start { [logger] request in
+            let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
+            let words = request.split(separator: " ").map(String.init)
+            switch words.first {
+            case "status" where words.count == 1: return report.table()
+            case "status" where words == ["status", "json"]: return report.json()
+            case "status" where words == ["status", "prometheus"]: return report.prometheus()
+            case "reconnect": return Self.reconnect(names: Array(words.dropFirst()), listener: listener, pool: pool, logger: logger)
+            default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
             }
-        } catch {
-            logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
         }
-        defer { control?.close() }
         logger.notice("started", metadata: ["services": "\(endpoints.count)"])
         systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])
 
