@@ -55,6 +55,7 @@ public struct CheckReport: Sendable {
         func seconds(_ value: Double) -> String {
             value == value.rounded() ? String(Int(value)) : String(value)
         }
+        for address in service.alsoListen { options.append("also=\(address)") }
         if service.isPersistent { options.append("persistent") }
         if let probe = service.probeInterval { options.append("probe=\(seconds(probe))") }
         if service.sessions != 4 { options.append("sessions=\(service.sessions)") }

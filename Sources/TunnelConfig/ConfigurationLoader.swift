@@ -225,11 +225,11 @@ public struct ConfigurationLoader: Sendable {
             configuration.diagnostics += builder.diagnostics
             switch result {
             case .built(let service) where !broken:
-                if let other = listening[service.listen] {
-                    configuration.diagnostics.append(Diagnostic(.error, at: location, service: name, "listens on \(service.listen) like service \(other); give one of them another port"))
+                if let (address, other) = service.listenAddresses.lazy.compactMap({ address in listening[address].map { (address, $0) } }).first {
+                    configuration.diagnostics.append(Diagnostic(.error, at: location, service: name, "listens on \(address) like service \(other); give one of them another port"))
                     continue
                 }
-                listening[service.listen] = name
+                for address in service.listenAddresses { listening[address] = name }
                 configuration.services.append(service)
             default:
                 break

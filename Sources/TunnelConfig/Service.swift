@@ -9,6 +9,8 @@ public struct Service: Sendable, Equatable {
     public var location: SourceLocation
     /// The local address and port to accept clients on.
     public var listen: ListenAddress
+    /// More addresses with the same port: `[::1]` when `bind` is `localhost` (or not set).
+    public var alsoListen: [ListenAddress]
     /// The SSH server to log in to.
     public var server: Endpoint
     /// The SSH login name.
@@ -55,7 +57,7 @@ public struct Service: Sendable, Equatable {
     public var logOnFailure: Set<String>
 
     public init(
-        name: String, location: SourceLocation, listen: ListenAddress, server: Endpoint,
+        name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [], server: Endpoint,
         user: String, target: Endpoint, identities: [String] = [],
         identityPassphraseFile: String? = nil, identityAgent: String? = nil,
         knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
@@ -69,6 +71,7 @@ public struct Service: Sendable, Equatable {
         self.name = name
         self.location = location
         self.listen = listen
+        self.alsoListen = alsoListen
         self.server = server
         self.user = user
         self.target = target
@@ -92,6 +95,9 @@ public struct Service: Sendable, Equatable {
         self.logOnSuccess = logOnSuccess
         self.logOnFailure = logOnFailure
     }
+
+    /// Every address the service listens on, `listen` first.
+    public var listenAddresses: [ListenAddress] { [listen] + alsoListen }
 
     /// The services that may share one SSH session: same server, login, keys and host-key rules.
     public var sessionKey: SessionKey {

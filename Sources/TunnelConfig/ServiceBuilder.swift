@@ -66,15 +66,27 @@ struct ServiceBuilder {
         if values["port"] == nil { error(nil, "no port; add port = NUMBER (the local port to listen on)") }
         let bindAttribute = values["bind"] != nil ? "bind" : "interface"
         var listenHost = "127.0.0.1"
+        // localhost (and the default) is both loopbacks: clients resolve localhost to ::1 first.
+        var isLocalhost = true
         if values[bindAttribute] != nil, let text = single(bindAttribute) {
+            isLocalhost = text.lowercased() == "localhost"
             if let host = Self.listenHost(text) {
                 listenHost = host
             } else {
                 error(bindAttribute, "bind '\(text)' is not an address; use an IPv4 or IPv6 address, localhost, or *")
             }
         }
-
-        checkAddressFamilyFlags(listenHost: listenHost)
+        var alsoListenHosts: [String] = []
+        if isLocalhost {
+            let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
+            switch (flags.contains("IPV4"), flags.contains("IPV6")) {
+            case (true, false): break
+            case (false, true): listenHost = "::1"
+            default: alsoListenHosts = ["::1"]
+            }
+        } else {
+            checkAddressFamilyFlags(listenHost: listenHost)
+        }
 
         // Where to go.
         let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
@@ -134,6 +146,7 @@ struct ServiceBuilder {
         guard !hasError, let port, let sshHost, let target else { return .failed }
         let service = Service(
             name: name, location: location, listen: Endpoint(host: listenHost, port: port),
+            alsoListen: alsoListenHosts.map { Endpoint(host: $0, port: port) },
             server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
             identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,

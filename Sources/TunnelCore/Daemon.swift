@@ -30,9 +30,10 @@ public final class Daemon {
 
         let activation = SocketActivation()
         let endpoints = configuration.services.compactMap { service -> Listener.Endpoint? in
-            if let fd = activation.claim(for: service) {
+            let passed = activation.claim(for: service)
+            if !passed.isEmpty {
                 logger.info("listening on a socket from systemd", metadata: ["service": "\(service.name)", "listen": "\(service.listen)"])
-                return Listener.Endpoint(fd: fd, service: service, stats: ServiceStats())
+                return Listener.Endpoint(fds: passed, service: service, stats: ServiceStats())
             }
             return bind(service, stats: ServiceStats())
         }
@@ -49,7 +50,7 @@ public final class Daemon {
                 let (uid, gid) = try Privileges.ids(of: name)
                 account = (name, uid, gid)
             } catch {
-                for endpoint in endpoints { close(endpoint.fd) }
+                for endpoint in endpoints { endpoint.fds.forEach { close($0) } }
                 throw DaemonError(description: "\(error)")
             }
         }
@@ -71,7 +72,7 @@ public final class Daemon {
                 try Privileges.drop(to: account.name)
                 logger.notice("switched to run_as account", metadata: ["run_as": "\(account.name)"])
             } catch {
-                for endpoint in endpoints { close(endpoint.fd) }
+                for endpoint in endpoints { endpoint.fds.forEach { close($0) } }
                 throw DaemonError(description: "\(error)")
             }
         } else if geteuid() == 0 {
@@ -85,7 +86,12 @@ public final class Daemon {
         pool.startPersistentSessions()
         let budget = ConnectionBudget(limit: configuration.globals.maxConnections)
         logger.info("connection bound", metadata: ["max_connections": "\(budget.limit)"])
-        let listener = Listener(endpoints: endpoints, pool: pool, budget: budget, logger: logger)
+        let listener: Listener
+        do {
+            listener = try Listener(endpoints: endpoints, pool: pool, budget: budget, logger: logger)
+        } catch {
+            throw DaemonError(description: "cannot start accepting: \(error)")
+        }
         listener.start()
         let watcher = NetworkWatcher { [logger] in
             logger.notice("the network changed; sessions are suspect and backoff starts over")
@@ -186,15 +192,26 @@ public final class Daemon {
         return "serving \(endpoints.count) service\(endpoints.count == 1 ? "" : "s"): \(names)"
     }
 
-    /// Opens the listening socket of `service`, or logs why it cannot and returns nil.
+    /// Opens the listening sockets of `service`, or logs why it cannot and returns nil. The
+    /// first address must work; another (::1 beside 127.0.0.1 for localhost) may fail, e.g.
+    /// on a machine without IPv6, with a warning.
     private func bind(_ service: Service, stats: ServiceStats, limits: ConnectionLimits? = nil) -> Listener.Endpoint? {
         do {
-            let fd = try Socket.listen(on: service.listen)
+            var fds = [try Socket.listen(on: service.listen)]
+            for address in service.alsoListen {
+                do {
+                    fds.append(try Socket.listen(on: address))
+                } catch {
+                    logger.warning("cannot also listen; clients that reach this address are refused", metadata: [
+                        "service": "\(service.name)", "listen": "\(address)", "error": "\(error)",
+                    ])
+                }
+            }
             logger.info("listening", metadata: [
-                "service": "\(service.name)", "listen": "\(service.listen)",
+                "service": "\(service.name)", "listen": "\(service.listenAddresses.map(\.description).joined(separator: ","))",
                 "via": "\(service.user)@\(service.server)", "target": "\(service.target)",
             ])
-            return Listener.Endpoint(fd: fd, service: service, stats: stats, limits: limits)
+            return Listener.Endpoint(fds: fds, service: service, stats: stats, limits: limits)
         } catch {
             var advice = ""
             if let error = error as? SocketError {
@@ -232,7 +249,7 @@ public final class Daemon {
         var added = 0, changed = 0, unchanged = 0
         let removedNames = Set(running.keys).subtracting(wanted.keys)
         let moved = Set(running.compactMap { name, endpoint in
-            wanted[name].map { $0.listen != endpoint.service.listen } == true ? name : nil
+            wanted[name].map { $0.listenAddresses != endpoint.service.listenAddresses } == true ? name : nil
         })
         listener.remove(names: removedNames.union(moved))
 
@@ -245,13 +262,13 @@ public final class Daemon {
                 continue
             }
             if Self.isSame(current.service, service) {
-                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats, limits: current.limits))
+                listener.upsert(Listener.Endpoint(fds: current.fds, service: service, stats: current.stats, limits: current.limits))
                 unchanged += 1
             } else if moved.contains(service.name) {
                 if let endpoint = bind(service, stats: current.stats, limits: current.limits) { listener.upsert(endpoint) }
                 changed += 1
             } else {
-                listener.upsert(Listener.Endpoint(fd: current.fd, service: service, stats: current.stats, limits: current.limits))
+                listener.upsert(Listener.Endpoint(fds: current.fds, service: service, stats: current.stats, limits: current.limits))
                 changed += 1
             }
         }

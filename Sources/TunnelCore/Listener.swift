@@ -8,13 +8,14 @@ import TunnelConfig
 final class Listener: @unchecked Sendable {
     /// A bound, listening socket and the service it serves. The listener owns the socket.
     struct Endpoint {
-        let fd: Int32
+        /// The listening sockets: one per address (127.0.0.1 and ::1 for localhost).
+        let fds: [Int32]
         var service: Service
         let stats: ServiceStats
         let limits: ConnectionLimits
 
-        init(fd: Int32, service: Service, stats: ServiceStats, limits: ConnectionLimits? = nil) {
-            self.fd = fd
+        init(fds: [Int32], service: Service, stats: ServiceStats, limits: ConnectionLimits? = nil) {
+            self.fds = fds
             self.service = service
             self.stats = stats
             self.limits = limits ?? ConnectionLimits(service: service)
@@ -27,7 +28,7 @@ final class Listener: @unchecked Sendable {
     private let pool: SessionPool
     private let budget: ConnectionBudget
     private let logger: Logger
-    private let wakeup = Wakeup()
+    private let wakeup: Wakeup
     private let lock = NSLock()
     private var endpoints: [Endpoint]
     /// Sockets the thread must close on its next pass, and who waits for that.
@@ -36,7 +37,8 @@ final class Listener: @unchecked Sendable {
     private var isStopping = false
     private let finished = DispatchSemaphore(value: 0)
 
-    init(endpoints: [Endpoint], pool: SessionPool, budget: ConnectionBudget, logger: Logger) {
+    init(endpoints: [Endpoint], pool: SessionPool, budget: ConnectionBudget, logger: Logger) throws {
+        wakeup = try Wakeup()
         self.endpoints = endpoints
         self.pool = pool
         self.budget = budget
@@ -65,7 +67,7 @@ final class Listener: @unchecked Sendable {
             return
         }
         endpoints.removeAll { names.contains($0.service.name) }
-        closing.append(contentsOf: removed.map(\.fd))
+        closing.append(contentsOf: removed.flatMap(\.fds))
         lock.unlock()
         wakeup.signal()
         closed.wait()
@@ -116,11 +118,16 @@ final class Listener: @unchecked Sendable {
             let now = ContinuousClock.now
             let isPaused = pausedUntil.map { $0 > now } ?? false
             var wakeAt = isPaused ? pausedUntil : nil
+            /// The endpoint and socket of each entry of `set` after the wake-up pipe.
+            var polled: [(endpoint: Endpoint, fd: Int32)] = []
             for endpoint in current {
                 // A service over its cps rate is not polled until its pause ends.
                 let servicePause = endpoint.limits.pause(at: now)
                 if let servicePause { wakeAt = min(wakeAt ?? servicePause, servicePause) }
-                set.append(pollfd(fd: isPaused || servicePause != nil ? -1 : endpoint.fd, events: Int16(POLLIN), revents: 0))
+                for fd in endpoint.fds {
+                    set.append(pollfd(fd: isPaused || servicePause != nil ? -1 : fd, events: Int16(POLLIN), revents: 0))
+                    polled.append((endpoint, fd))
+                }
             }
             let timeout = wakeAt.map { Socket.milliseconds(until: $0) } ?? -1
             _ = poll(&set, nfds_t(set.count), pool.watchdog?.bound(timeout) ?? timeout)
@@ -128,11 +135,11 @@ final class Listener: @unchecked Sendable {
                 wakeup.drain()
                 continue
             }
-            for (index, endpoint) in current.enumerated() where set[index + 1].revents != 0 {
+            for (index, (endpoint, listening)) in polled.enumerated() where set[index + 1].revents != 0 {
                 do {
                     // A bounded batch per wake-up keeps one busy service from starving the others.
                     for _ in 0..<64 {
-                        guard let (fd, peer) = try Socket.accept(from: endpoint.fd) else { break }
+                        guard let (fd, peer) = try Socket.accept(from: listening) else { break }
                         admit(fd: fd, peer: peer, endpoint: endpoint)
                     }
                 } catch let error as SocketError where [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.code) {
@@ -152,7 +159,7 @@ final class Listener: @unchecked Sendable {
         let remaining = endpoints
         endpoints.removeAll()
         lock.unlock()
-        for endpoint in remaining { close(endpoint.fd) }
+        for endpoint in remaining { endpoint.fds.forEach { close($0) } }
         finished.signal()
     }
 

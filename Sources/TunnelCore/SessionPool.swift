@@ -70,7 +70,7 @@ final class SessionPool: @unchecked Sendable {
             guard !state.isStopping else { return [] }
             var started: [SessionSupervisor] = []
             for (key, server) in state.servers where server.settings.isPersistent && !server.supervisors.contains(where: \.isPersistent) {
-                started.append(makeSupervisor(for: key, persistent: true, in: &state))
+                if let supervisor = makeSupervisor(for: key, persistent: true, in: &state) { started.append(supervisor) }
             }
             return started
         }
@@ -109,9 +109,14 @@ final class SessionPool: @unchecked Sendable {
                 break
             }
             // A new session; also when the chosen one retired a moment ago.
-            let supervisor = makeSupervisor(for: key, persistent: false, in: &state)
-            _ = supervisor.enqueue(connection)
-            return .start(supervisor)
+            if let supervisor = makeSupervisor(for: key, persistent: false, in: &state) {
+                _ = supervisor.enqueue(connection)
+                return .start(supervisor)
+            }
+            // Out of descriptors: a session that already runs takes the client, in turn.
+            let live = supervisors.filter { $0.gauge.phase != .retired }.min { $0.gauge.load < $1.gauge.load }
+            if let live, live.enqueue(connection) { return .enqueued }
+            return .refuse("out of file descriptors: no new session can start")
         }
         switch decision {
         case .enqueued:
@@ -123,10 +128,13 @@ final class SessionPool: @unchecked Sendable {
         }
     }
 
-    /// A new supervisor for `key`, counted as live until it ends. Call within the lock.
-    private func makeSupervisor(for key: SessionKey, persistent: Bool, in state: inout State) -> SessionSupervisor {
+    /// A new supervisor for `key`, counted as live until it ends; nil when the process is out
+    /// of descriptors. Call within the lock.
+    private func makeSupervisor(for key: SessionKey, persistent: Bool, in state: inout State) -> SessionSupervisor? {
         let settings = state.servers[key]!.settings
-        let supervisor = SessionSupervisor(settings: settings, isPersistent: persistent, pool: self, logger: logger)
+        guard let supervisor = try? SessionSupervisor(settings: settings, isPersistent: persistent, pool: self, logger: logger) else {
+            return nil
+        }
         state.servers[key]!.supervisors.append(supervisor)
         state.live[ObjectIdentifier(supervisor)] = supervisor
         return supervisor

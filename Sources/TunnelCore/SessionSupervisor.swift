@@ -47,10 +47,12 @@ final class SessionSupervisor: @unchecked Sendable {
     let isPersistent: Bool
     private unowned let pool: SessionPool
     private let logger: Logger
-    private let wakeup = Wakeup()
+    private let wakeup: Wakeup
     private let mailbox = Mutex(Mailbox())
 
-    init(settings: SessionSettings, isPersistent: Bool, pool: SessionPool, logger: Logger) {
+    /// Throws when the process is out of descriptors.
+    init(settings: SessionSettings, isPersistent: Bool, pool: SessionPool, logger: Logger) throws {
+        wakeup = try Wakeup()
         self.settings = settings
         self.isPersistent = isPersistent
         self.pool = pool

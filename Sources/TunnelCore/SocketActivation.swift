@@ -31,13 +31,15 @@ final class SocketActivation {
         unsetenv("LISTEN_FDNAMES")
     }
 
-    /// The passed socket for `service`: the one named after it, else the one on its address.
-    func claim(for service: Service) -> Int32? {
-        let index = unclaimed.firstIndex { $0.name == service.name }
-            ?? unclaimed.firstIndex { $0.name == nil && $0.address == service.listen }
-            ?? unclaimed.firstIndex { $0.address == service.listen }
-        guard let index else { return nil }
-        return unclaimed.remove(at: index).fd
+    /// The passed sockets for `service`: those named after it, else those on its addresses.
+    func claim(for service: Service) -> [Int32] {
+        var named = unclaimed.indices.filter { unclaimed[$0].name == service.name }
+        if named.isEmpty {
+            named = unclaimed.indices.filter { index in unclaimed[index].address.map(service.listenAddresses.contains) ?? false }
+        }
+        let fds = named.map { unclaimed[$0].fd }
+        for index in named.reversed() { unclaimed.remove(at: index) }
+        return fds
     }
 
     /// Closes the sockets no service claimed; returns their descriptions for a warning.

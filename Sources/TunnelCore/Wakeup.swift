@@ -1,14 +1,16 @@
 import Glibc
 
 /// A pipe another thread writes to so that a thread sleeping in `poll` wakes up.
-final class Wakeup {
+final class Wakeup: Sendable {
     /// The end to poll for `POLLIN`.
     let readEnd: Int32
     private let writeEnd: Int32
 
-    init() {
+    /// Throws when the process is out of descriptors (a new session then cannot start, but
+    /// nothing else is harmed).
+    init() throws {
         var ends: [Int32] = [0, 0]
-        precondition(pipe(&ends) == 0, "pipe: \(String(cString: strerror(errno)))")
+        guard pipe(&ends) == 0 else { throw SocketError("pipe") }
         readEnd = ends[0]
         writeEnd = ends[1]
         Socket.setNonBlocking(readEnd)

@@ -111,10 +111,20 @@ final class StrictnessTests: XCTestCase {
     // MARK: flags
 
     func testAddressFamilyFlagsAreNotIgnored() {
-        XCTAssertEqual(service("flags = REUSE IPv6").1, ["ROOT/conf:6: warning: s: flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (127.0.0.1, IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6"])
+        XCTAssertEqual(service("flags = REUSE IPv6\nbind = 127.0.0.1").1, ["ROOT/conf:6: warning: s: flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (127.0.0.1, IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6"])
         XCTAssertEqual(service("flags = IPv6\nbind = ::1").1, [])
         XCTAssertEqual(service("flags = IPv4\nbind = ::1").1, ["ROOT/conf:6: warning: s: flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (::1, IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4"])
         XCTAssertEqual(service("flags = IPv4").1, [])
+    }
+
+    func testLocalhostMeansBothLoopbacksAndTheFamilyFlagsChooseOne() throws {
+        let both = try XCTUnwrap(service("").0)
+        XCTAssertEqual(both.listenAddresses.map(\.host), ["127.0.0.1", "::1"], "clients that resolve localhost to ::1 first are served")
+        XCTAssertEqual(try XCTUnwrap(service("bind = localhost").0).listenAddresses.map(\.host), ["127.0.0.1", "::1"])
+        XCTAssertEqual(try XCTUnwrap(service("flags = IPv4").0).listenAddresses.map(\.host), ["127.0.0.1"])
+        XCTAssertEqual(try XCTUnwrap(service("flags = IPv6").0).listenAddresses.map(\.host), ["::1"])
+        XCTAssertEqual(try XCTUnwrap(service("bind = 127.0.0.1").0).listenAddresses.map(\.host), ["127.0.0.1"], "an address means that address")
+        XCTAssertEqual(try XCTUnwrap(service("bind = ::1").0).listenAddresses.map(\.host), ["::1"])
     }
 
     func testNameInArgsTakesTheProgramNameFromServerArgs() throws {
