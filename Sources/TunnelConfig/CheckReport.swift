@@ -24,7 +24,7 @@ public struct CheckReport: Sendable {
             var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "OPTIONS"]]
             for service in services {
                 rows.append([
-                    service.name, "\(service.listen)", "\(service.user)@\(service.server)", "\(service.target)",
+                    service.name, "\(service.listen)", "\(service.user)@\(service.server)", service.isSocks ? "(SOCKS5)" : "\(service.target)",
                     Self.options(of: service).joined(separator: " "),
                 ])
             }
@@ -56,6 +56,7 @@ public struct CheckReport: Sendable {
             value == value.rounded() ? String(Int(value)) : String(value)
         }
         for address in service.alsoListen { options.append("also=\(address)") }
+        if !service.permit.isEmpty { options.append("permit(\(service.permit.count))") }
         if service.isPersistent { options.append("persistent") }
         if let probe = service.probeInterval { options.append("probe=\(seconds(probe))") }
         if service.sessions != 4 { options.append("sessions=\(service.sessions)") }

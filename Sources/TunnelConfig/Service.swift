@@ -11,6 +11,10 @@ public struct Service: Sendable, Equatable {
     public var listen: ListenAddress
     /// More addresses with the same port: `[::1]` when `bind` is `localhost` (or not set).
     public var alsoListen: [ListenAddress]
+    /// `type = SOCKS`: each client names its target with SOCKS5; `target` is a placeholder.
+    public var isSocks: Bool
+    /// The targets a SOCKS service's clients may name; empty means any.
+    public var permit: [PermitRule]
     /// The SSH server to log in to.
     public var server: Endpoint
     /// The SSH login name.
@@ -57,7 +61,8 @@ public struct Service: Sendable, Equatable {
     public var logOnFailure: Set<String>
 
     public init(
-        name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [], server: Endpoint,
+        name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [],
+        isSocks: Bool = false, permit: [PermitRule] = [], server: Endpoint,
         user: String, target: Endpoint, identities: [String] = [],
         identityPassphraseFile: String? = nil, identityAgent: String? = nil,
         knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
@@ -72,6 +77,8 @@ public struct Service: Sendable, Equatable {
         self.location = location
         self.listen = listen
         self.alsoListen = alsoListen
+        self.isSocks = isSocks
+        self.permit = permit
         self.server = server
         self.user = user
         self.target = target
@@ -95,6 +102,9 @@ public struct Service: Sendable, Equatable {
         self.logOnSuccess = logOnSuccess
         self.logOnFailure = logOnFailure
     }
+
+    /// The `target` of a SOCKS service, which has none of its own.
+    public static let socksTarget = Endpoint(host: "socks", port: 0)
 
     /// Every address the service listens on, `listen` first.
     public var listenAddresses: [ListenAddress] { [listen] + alsoListen }
@@ -183,4 +193,69 @@ public struct SessionKey: Sendable, Hashable {
     public var knownHosts: [String]
     public var hostKeyPolicy: HostKeyPolicy
     public var fingerprint: String?
+}
+
+/// One `permit` entry of a SOCKS service: a host pattern (`*` and `?` match, case-insensitive)
+/// and a port, or `*` for any port.
+public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16?
+
+    /// Parses `HOST:PORT`, `[IPv6]:PORT`; PORT may be `*`.
+    public init?(_ text: String) {
+        var hostPart: Substring
+        var portPart: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            hostPart = text[text.index(after: text.startIndex)..<close]
+            portPart = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            hostPart = text[..<colon]
+            portPart = text[text.index(after: colon)...]
+            if hostPart.contains(":") { return nil }
+        }
+        guard !hostPart.isEmpty else { return nil }
+        host = hostPart.lowercased()
+        if portPart == "*" {
+            port = nil
+        } else if let number = UInt16(portPart), number > 0 {
+            port = number
+        } else {
+            return nil
+        }
+    }
+
+    /// Whether a client may reach `host`:`port` by this rule.
+    public func allows(host candidate: String, port candidatePort: UInt16) -> Bool {
+        if let port, port != candidatePort { return false }
+        return Self.wildcard(Array(candidate.lowercased()), Array(host))
+    }
+
+    public var description: String {
+        let hostText = host.contains(":") ? "[\(host)]" : host
+        return "\(hostText):\(port.map(String.init) ?? "*")"
+    }
+
+    private static func wildcard(_ name: [Character], _ pattern: [Character]) -> Bool {
+        var n = 0, p = 0, star = -1, mark = 0
+        while n < name.count {
+            if p < pattern.count && (pattern[p] == "?" || pattern[p] == name[n]) {
+                n += 1
+                p += 1
+            } else if p < pattern.count && pattern[p] == "*" {
+                star = p
+                mark = n
+                p += 1
+            } else if star >= 0 {
+                p = star + 1
+                mark += 1
+                n = mark
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count && pattern[p] == "*" { p += 1 }
+        return p == pattern.count
+    }
 }

@@ -140,13 +140,14 @@ struct ServiceBuilder {
         if !Self.isLoopback(listenHost) && values["only_from"] == nil {
             warning(values[bindAttribute] == nil ? nil : bindAttribute, "listens on \(listenHost), beyond this machine, with no only_from; anyone who reaches the port can use the tunnel; add only_from = ADDRESSES")
         }
+        let permit = resolvePermit()
         let logOnSuccess = resolveLogFields("log_on_success")
         let logOnFailure = resolveLogFields("log_on_failure")
 
         guard !hasError, let port, let sshHost, let target else { return .failed }
         let service = Service(
             name: name, location: location, listen: Endpoint(host: listenHost, port: port),
-            alsoListen: alsoListenHosts.map { Endpoint(host: $0, port: port) },
+            alsoListen: alsoListenHosts.map { Endpoint(host: $0, port: port) }, isSocks: isSocks, permit: permit,
             server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
             identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
@@ -187,7 +188,7 @@ struct ServiceBuilder {
         for flag in values["flags"]?.words ?? [] where !["REUSE", "NODELAY", "KEEPALIVE", "IPV4", "IPV6", "NOLIBWRAP", "NAMEINARGS"].contains(flag.uppercased()) {
             warning("flags", "flag \(flag) has no meaning for tunneld; ignored")
         }
-        for type in values["type"]?.words ?? [] where type.uppercased() != "UNLISTED" {
+        for type in values["type"]?.words ?? [] where !["UNLISTED", "SOCKS"].contains(type.uppercased()) {
             warning("type", "type \(type) has no meaning for tunneld; ignored")
         }
     }
@@ -203,6 +204,29 @@ struct ServiceBuilder {
         if flags.contains("IPV4") && isIPv6 {
             warning("flags", "flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (\(listenHost), IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4")
         }
+    }
+
+    /// Whether `type` holds SOCKS: clients name their targets with SOCKS5.
+    private var isSocks: Bool {
+        (values["type"]?.words ?? []).contains { $0.uppercased() == "SOCKS" }
+    }
+
+    /// `permit = HOST:PORT …` of a SOCKS service: the targets its clients may name.
+    private mutating func resolvePermit() -> [PermitRule] {
+        guard let words = values["permit"]?.words else { return [] }
+        guard isSocks else {
+            warning("permit", "permit limits the targets of a type = SOCKS service; this service's target is server_args, so permit is ignored")
+            return []
+        }
+        var rules: [PermitRule] = []
+        for word in words {
+            if let rule = PermitRule(word) {
+                rules.append(rule)
+            } else {
+                error("permit", "permit '\(word)' is not HOST:PORT; write e.g. permit = mail.example.org:25 *.example.org:443 [2001:db8::1]:* (* matches any)")
+            }
+        }
+        return rules
     }
 
     /// Whether `flags` holds NAMEINARGS: server_args then starts with the program's name.
@@ -264,6 +288,13 @@ struct ServiceBuilder {
             login = localUser
         }
         var target: Endpoint?
+        if isSocks {
+            // The client names each target; permit bounds them.
+            if values["server_args"] != nil {
+                error("server_args", "a type = SOCKS service takes its targets from its clients; remove server_args (use permit = HOST:PORT to limit them)")
+            }
+            return (server.host, server.port ?? 22, login, home, [], Service.socksTarget)
+        }
         if let arguments = values["server_args"]?.words {
             if arguments.count == 2, let host = ValueParser.host(arguments[0]) {
                 switch ValueParser.port(arguments[1], names: names) {

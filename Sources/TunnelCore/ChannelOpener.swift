@@ -168,7 +168,7 @@ struct ChannelOpener {
                 }
             case .client(let connection):
                 do {
-                    guard let channel = try session.openChannel(to: connection.service.target, from: connection.peer, window: window) else {
+                    guard let channel = try session.openChannel(to: connection.target, from: connection.peer, window: window) else {
                         return events + expire(now: now)
                     }
                     current = nil

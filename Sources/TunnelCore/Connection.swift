@@ -23,6 +23,11 @@ final class Connection: @unchecked Sendable {
     var hasMoved = false
     /// When the client's channel open must have been answered.
     var openDeadline: ContinuousClock.Instant?
+    /// Where its channel goes: the service's target, or the one a SOCKS client named.
+    var target: Endpoint
+    /// A SOCKS client waits for the reply to its CONNECT: success when the channel opens,
+    /// else a failure code, written by `finish`.
+    var isSocksReplyOwed = false
 
     var channel: (any TunnelChannel)?
     /// Bytes read from the client that the channel has not taken yet.
@@ -53,6 +58,7 @@ final class Connection: @unchecked Sendable {
         self.service = service
         self.stats = stats
         self.acceptedAt = acceptedAt
+        target = service.target
     }
 
     /// The descriptor to read the client from; -1 once finished.
@@ -94,13 +100,19 @@ final class Connection: @unchecked Sendable {
     func finish(_ outcome: ConnectionOutcome, logger: Logger) -> Bool {
         guard let end = client else { return false }
         client = nil
+        if isSocksReplyOwed {
+            // Best effort: the reply is 10 bytes into an empty socket buffer.
+            isSocksReplyOwed = false
+            let reply = SocksHandshake.reply(SocksHandshake.replyCode(for: outcome))
+            _ = reply.withUnsafeBytes { DescriptorIO.write(end.output, $0) }
+        }
         end.close()
         let seconds = (ContinuousClock.now - acceptedAt).seconds
         stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
         logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [
             "service": "\(service.name)",
             "peer": "\(peer)",
-            "target": "\(service.target)",
+            "target": "\(target)",
             "via": "\(service.user)@\(service.server)",
             "duration": "\(seconds.threeDecimals)",
             "bytes.up": "\(bytesUp)",

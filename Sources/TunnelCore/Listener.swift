@@ -27,6 +27,8 @@ final class Listener: @unchecked Sendable {
 
     private let pool: SessionPool
     private let budget: ConnectionBudget
+    /// Where clients of SOCKS services go first, to name their target.
+    private let socks: SocksGate
     private let logger: Logger
     private let wakeup: Wakeup
     private let lock = NSLock()
@@ -39,6 +41,7 @@ final class Listener: @unchecked Sendable {
 
     init(endpoints: [Endpoint], pool: SessionPool, budget: ConnectionBudget, logger: Logger) throws {
         wakeup = try Wakeup()
+        socks = try SocksGate(pool: pool, logger: logger)
         self.endpoints = endpoints
         self.pool = pool
         self.budget = budget
@@ -46,6 +49,7 @@ final class Listener: @unchecked Sendable {
     }
 
     func start() {
+        socks.start()
         let thread = Thread { [self] in run() }
         thread.name = "listener"
         thread.start()
@@ -187,6 +191,10 @@ final class Listener: @unchecked Sendable {
             limits.release(source: peer.host)
             budget.release()
         }
-        pool.dispatch(connection)
+        if endpoint.service.isSocks {
+            socks.admit(connection)
+        } else {
+            pool.dispatch(connection)
+        }
     }
 }

@@ -117,6 +117,17 @@ struct SocksHandshake: Sendable {
     /// (with or without its "Channel open failure (...)" wrapping): "administratively
     /// prohibited" is `notAllowed`, "connect failed" (OpenSSH's word for a refused and for
     /// an unreachable target alike) is `connectionRefused`, anything else `hostUnreachable`.
+    /// The failure reply for a connection that ends before its channel opened.
+    static func replyCode(for outcome: ConnectionOutcome) -> ReplyCode {
+        switch outcome {
+        case .ok: return .succeeded
+        case .refused(let reason): return errorCode(forOpenFailure: reason)
+        case .access: return .notAllowed
+        case .sshFailed(let reason) where reason.contains("did not answer the channel open"): return errorCodeForExpiredOpen
+        case .sshFailed, .clientError, .shutdown, .limit: return .generalFailure
+        }
+    }
+
     static func errorCode(forOpenFailure reason: String) -> ReplyCode {
         if reason.contains("administratively prohibited") { return .notAllowed }
         if reason.contains("connect failed") { return .connectionRefused }

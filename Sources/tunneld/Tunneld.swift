@@ -63,6 +63,10 @@ struct Tunneld: ParsableCommand {
                 logger.error("no such service (or it has errors, or is disabled); see tunneld --check", metadata: ["service": "\(name)", "config.path": "\(path)"])
                 throw ExitCode(1)
             }
+            if service.isSocks {
+                logger.error("a SOCKS service has no target of its own; --stdio needs a service with server_args", metadata: ["service": "\(name)"])
+                throw ExitCode(1)
+            }
             throw ExitCode(SingleConnection.runStdio(service: service, logger: logger) ? 0 : 1)
         }
         try runDaemon(configuration: configuration, logger: logger)
@@ -73,6 +77,10 @@ struct Tunneld: ParsableCommand {
         let logger = bootstrapLogging(configuration)
         var allOpened = true
         for service in configuration.services {
+            if service.isSocks {
+                print("\(service.name): SOCKS service; its clients name the targets, so no channel was opened")
+                continue
+            }
             if let problem = SingleConnection.probe(service: service, logger: logger) {
                 print("\(service.location): error: \(service.name): cannot reach \(service.target) via \(service.user)@\(service.server): \(problem)")
                 allOpened = false
