@@ -37,6 +37,13 @@ public struct CheckReport: Sendable {
                 while line.hasSuffix(" ") { line.removeLast() }
                 lines.append(line)
             }
+            // The files each service will read, resolved (`~`, defaults, run_as's home).
+            lines.append("")
+            if let account = configuration.globals.runAs { lines.append("keys and known_hosts are read as \(account) (run_as):") }
+            for service in services {
+                let agent = service.identityAgent.map { "agent \($0); " } ?? ""
+                lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " ")); known_hosts \(service.knownHosts.joined(separator: " "))")
+            }
         }
         let errors = configuration.diagnostics.filter { $0.severity == .error }.count
         let warnings = configuration.diagnostics.count - errors

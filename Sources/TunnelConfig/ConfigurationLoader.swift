@@ -195,6 +195,14 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         configuration.globals = resolveGlobals(globals, diagnostics: &configuration.diagnostics)
+        // With run_as, the daemon reads keys and known_hosts as that account, after dropping
+        // root: `~` and the default files are that account's, and root's agent is not used.
+        var serviceEnvironment = environment
+        if let account = configuration.globals.runAs, let home = environment.homeDirectory(of: account) {
+            serviceEnvironment.userName = account
+            serviceEnvironment.homeDirectory = home
+            serviceEnvironment.agentSocket = nil
+        }
 
         var seen: [String: SourceLocation] = [:]
         var listening: [Endpoint: String] = [:]
@@ -220,7 +228,7 @@ public struct ConfigurationLoader: Sendable {
                 if !broken { configuration.disabledServices.append((name, location)) }
                 continue
             }
-            var builder = ServiceBuilder(name: name, location: location, values: values, environment: environment, names: names)
+            var builder = ServiceBuilder(name: name, location: location, values: values, environment: serviceEnvironment, names: names)
             let result = builder.build()
             configuration.diagnostics += builder.diagnostics
             switch result {

@@ -141,6 +141,15 @@ public struct ControlError: Error, CustomStringConvertible {
 
 /// `tunneld status`: asks the running daemon.
 public enum StatusClient {
+    /// The socket a client asks when none is named: its own default, else the system
+    /// daemon's (so members of the run_as group need no --socket).
+    static func defaultClientPath() -> String {
+        let own = ControlSocket.defaultPath()
+        let system = "/run/tunneld/control.sock"
+        if access(own, F_OK) != 0 && access(system, F_OK) == 0 { return system }
+        return own
+    }
+
     /// How `tunneld status` prints.
     public enum Format: String, CaseIterable, Sendable {
         case table
@@ -151,12 +160,12 @@ public enum StatusClient {
     /// The daemon's answer to `status` in `format`.
     public static func fetch(format: Format, socketPath: String?) throws -> String {
         let request = format == .table ? "status" : "status \(format.rawValue)"
-        return try ControlSocket.request(request, path: socketPath ?? ControlSocket.defaultPath())
+        return try ControlSocket.request(request, path: socketPath ?? defaultClientPath())
     }
 
     /// Asks the daemon to treat the sessions of `services` (all if empty) as suspect and to
     /// start their backoff over; returns its answer.
     public static func reconnect(services: [String], socketPath: String?) throws -> String {
-        try ControlSocket.request((["reconnect"] + services).joined(separator: " "), path: socketPath ?? ControlSocket.defaultPath())
+        try ControlSocket.request((["reconnect"] + services).joined(separator: " "), path: socketPath ?? defaultClientPath())
     }
 }

@@ -178,6 +178,47 @@ final class OperationsTests: SSHTestCase {
         XCTAssertEqual(tunneld.log.components(separatedBy: "out of file descriptors").count - 1, 1, "logged once")
     }
 
+    func testRunAsReadsTheDefaultKeyAndKnownHostsFromItsOwnHome() throws {
+        try XCTSkipIf(geteuid() != 0, "only root can create an account and switch to it")
+        let account = "tdlrun\(getpid() % 100_000)"
+        let home = ScratchDirectory("runas-home")
+        _ = try? runProgram("/usr/sbin/userdel", [account])
+        let created = try runProgram("/usr/sbin/useradd", ["--system", "--home-dir", home.path, "--shell", "/usr/sbin/nologin", account])
+        try XCTSkipIf(created.status != 0, "useradd failed: \(created.error)")
+        defer { _ = try? runProgram("/usr/sbin/userdel", [account]) }
+        guard let entry = getpwnam(account) else { throw XCTSkip("no account \(account)") }
+        let (uid, gid) = (entry.pointee.pw_uid, entry.pointee.pw_gid)
+        // Only the default places: ~/.ssh/id_ed25519 and ~/.ssh/known_hosts of the run_as account.
+        try FileManager.default.createDirectory(atPath: home.file(".ssh"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: sshd.userKey, toPath: home.file(".ssh/id_ed25519"))
+        try FileManager.default.copyItem(atPath: sshd.knownHosts, toPath: home.file(".ssh/known_hosts"))
+        for path in [home.path, home.file(".ssh"), home.file(".ssh/id_ed25519"), home.file(".ssh/known_hosts")] { chown(path, uid, gid) }
+        chmod(home.path, 0o700)
+        chmod(home.file(".ssh"), 0o700)
+        chmod(home.file(".ssh/id_ed25519"), 0o600)
+        let control = home.file("control")
+        try FileManager.default.createDirectory(atPath: control, withIntermediateDirectories: true)
+        chown(control, uid, gid)
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "defaults": "defaults { run_as = \(account) control_socket = \(control)/control.sock }\n",
+            "a": """
+                service a
+                {
+                    port            = \(port)
+                    server          = \(sshd.user)@127.0.0.1:\(sshd.port)
+                    server_args     = 127.0.0.1 \(echo.port)
+                    identity_agent  = none
+                }
+
+                """,
+        ])
+        XCTAssertEqual(try TCP.exchange(port: port, Array("as \(account)".utf8)), Array("as \(account)".utf8), tunneld.log)
+        let check = try runProgram(TunneldProcess.binary, ["--check", "-f", tunneld.configPath])
+        XCTAssertTrue(check.output.contains("keys and known_hosts are read as \(account) (run_as):"), check.output)
+        XCTAssertTrue(check.output.contains("identity \(home.file(".ssh/id_ed25519"))"), check.output)
+    }
+
     func testRunAsDropsRootAfterBinding() throws {
         try XCTSkipIf(geteuid() != 0, "only root can switch accounts")
         guard let nobody = getpwnam("nobody") else { throw XCTSkip("no account named nobody") }

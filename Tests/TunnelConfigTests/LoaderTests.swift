@@ -61,6 +61,23 @@ final class LoaderTests: XCTestCase {
         ])
     }
 
+    func testRunAsResolvesHomeAndDefaultFilesAgainstThatAccount() throws {
+        fixture.write("conf/d", "defaults { run_as = mailer }")
+        fixture.write("mailer-home/.ssh/passphrase", "secret\n", mode: 0o600)
+        fixture.write("conf/a", "service a\n{\n    port = 7777\n    server = mail.example.org\n    server_args = localhost 25\n    identity_passphrase_file = ~/.ssh/passphrase\n    host_key = accept-new\n}\n")
+        let configuration = fixture.load()
+        let service = try XCTUnwrap(configuration.services.first, "\(fixture.messages(configuration))")
+        let home = fixture.root + "/mailer-home"
+        XCTAssertEqual(service.identities, ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"], "not the identities of the account that starts tunneld")
+        XCTAssertEqual(service.knownHosts, ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"])
+        XCTAssertEqual(service.identityPassphraseFile, "\(home)/.ssh/passphrase", "~ is run_as's home")
+        XCTAssertEqual(service.user, "mailer", "the login name defaults to run_as's")
+        XCTAssertNil(service.identityAgent, "root's agent is not run_as's")
+        let report = CheckReport(configuration).render()
+        XCTAssertTrue(report.contains("keys and known_hosts are read as mailer (run_as):"), report)
+        XCTAssertTrue(report.contains("a: identity \(home)/.ssh/id_ed25519 \(home)/.ssh/id_ecdsa; known_hosts \(home)/.ssh/known_hosts /etc/ssh/ssh_known_hosts"), report)
+    }
+
     func testDuplicateNamesAndSharedPortsAreErrors() {
         fixture.write("conf/a", stanza("a", port: 1) + stanza("a", port: 2) + stanza("c", port: 1))
         let configuration = fixture.load()
