@@ -63,6 +63,20 @@ final class FuzzTests: XCTestCase {
         XCTAssertGreaterThan(parsedCleanly, 0, "some mutations should still be valid")
     }
 
+    func testTheFuzzCorpusReplaysThroughTheFuzzTargets() throws {
+        // Tests/Fuzz holds the seed corpus of .ci/sanitizers fuzz, and any input that once failed.
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz")
+        var replayed = 0
+        for (directory, target) in [("stanzas", FuzzTargets.stanzas), ("known_hosts", FuzzTargets.knownHosts)] {
+            let folder = root.appendingPathComponent(directory)
+            for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) {
+                target([UInt8](try Data(contentsOf: folder.appendingPathComponent(name))))
+                replayed += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(replayed, 9, "the corpus is where the test expects it")
+    }
+
     private func mutate(_ seed: String, _ random: inout Generator) -> String {
         var characters = Array(seed)
         for _ in 0..<Int.random(in: 1...6, using: &random) {
