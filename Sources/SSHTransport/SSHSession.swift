@@ -282,16 +282,42 @@ public final class SSHSession {
     }
 }
 
-/// The libssh2 send callback: hands the bytes to the session's outgoing buffer.
+/// The libssh2 send callback: hands the bytes to the session's outgoing buffer. libssh2 1.10
+/// also sends its ssh-agent requests through this callback, on the agent's socket: those go
+/// straight to that socket, with a timeout, so that a hung agent fails instead of blocking.
 private let sessionSend: @convention(c) (libssh2_socket_t, UnsafeRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
-    _, buffer, length, _, abstract in
+    socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
+    guard socket == session.socket else {
+        AgentSocket.bound(socket)
+        let sent = Glibc.send(socket, buffer, length, flags | Int32(MSG_NOSIGNAL))
+        return sent >= 0 ? sent : -Int(errno)
+    }
     return session.transportSend(buffer!, length)
 }
 
-/// The libssh2 receive callback: reads the socket and notes when bytes arrived.
+/// The libssh2 receive callback: reads the socket and notes when bytes arrived (the agent's
+/// socket as `sessionSend` says).
 private let sessionReceive: @convention(c) (libssh2_socket_t, UnsafeMutableRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
-    _, buffer, length, _, abstract in
+    socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
+    guard socket == session.socket else {
+        AgentSocket.bound(socket)
+        let received = Glibc.recv(socket, buffer, length, flags)
+        return received >= 0 ? received : -Int(errno)
+    }
     return session.transportReceive(buffer!, length)
+}
+
+/// The ssh-agent's socket, which libssh2 opens blocking and without a timeout.
+enum AgentSocket {
+    /// How long one read or write to the agent may block.
+    static let timeout = timeval(tv_sec: 5, tv_usec: 0)
+
+    /// Bounds every blocking read and write on `fd`.
+    static func bound(_ fd: Int32) {
+        var value = timeout
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
 }

@@ -232,6 +232,48 @@ final class HardeningTests: XCTestCase {
         XCTAssertEqual(sshd.acceptedLogins, 1)
     }
 
+    func testAnAgentIsUsedAndAHungAgentCostsOneAttemptNotTheDaemon() throws {
+        let sshd = try SSHServer()
+        let echo = try EchoServer()
+        let directory = ScratchDirectory("agent")
+
+        // A real ssh-agent holding the key: the stanza names no key file at all.
+        let agentSocket = directory.file("agent.sock")
+        let agent = try ChildProcess("/usr/bin/ssh-agent", ["-D", "-a", agentSocket])
+        defer { agent.signal(SIGKILL) }
+        XCTAssertTrue(waitUntil(timeout: 5) { FileManager.default.fileExists(atPath: agentSocket) })
+        let added = try runProgram("/usr/bin/ssh-add", [sshd.userKey], environment: ["SSH_AUTH_SOCK": agentSocket])
+        XCTAssertEqual(added.status, 0, added.error)
+
+        // A socket that accepts and never answers, as a stopped agent does.
+        let muteSocket = directory.file("mute.sock")
+        let mute = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(mute) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(muteSocket.utf8)) }
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(mute, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        listen(mute, 16)
+
+        let viaAgent = TCP.freePort()
+        let viaMute = TCP.freePort()
+        func agentStanza(_ name: String, port: UInt16, agent: String, identity: String) -> String {
+            stanza(name, port: port, via: sshd, target: echo.port)
+                .replacingOccurrences(of: "identity_agent  = none", with: "identity_agent  = \(agent)")
+                .replacingOccurrences(of: "identity        = \(sshd.userKey)", with: identity)
+        }
+        let tunneld = try TunneldProcess(stanzas: [
+            "agent": agentStanza("agent", port: viaAgent, agent: agentSocket, identity: ""),
+            "mute": agentStanza("mute", port: viaMute, agent: muteSocket, identity: "identity = \(sshd.userKey)") + "defaults { linger = 0 }\n",
+        ])
+        XCTAssertEqual(try TCP.exchange(port: viaAgent, Array("agent".utf8)), Array("agent".utf8), tunneld.log)
+        let started = Date()
+        XCTAssertEqual(try TCP.exchange(port: viaMute, Array("key file".utf8), timeout: 10), Array("key file".utf8), tunneld.log)
+        let seconds = Date().timeIntervalSince(started)
+        XCTAssertLessThan(seconds, 4, "the mute agent costs its 2 s bound, then the key file logs in")
+        XCTAssertEqual(try TCP.exchange(port: viaAgent, Array("still".utf8)), Array("still".utf8), "other services unaffected")
+    }
+
     func testNoSecretsInDebugLogsWithAPassphraseProtectedKey() throws {
         let sshd = try SSHServer()
         let echo = try EchoServer()
