@@ -9,20 +9,46 @@ final class ControlSocket: @unchecked Sendable {
     private let fd: Int32
 
     /// Where the socket lives when the configuration does not say: /run/tunneld as root,
-    /// else $XDG_RUNTIME_DIR, else /tmp.
+    /// else $XDG_RUNTIME_DIR, else a private directory of its own in /tmp.
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if geteuid() == 0 { return "/run/tunneld/control.sock" }
         if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/tunneld.sock" }
-        return "/tmp/tunneld-\(geteuid()).sock"
+        return "/tmp/tunneld-\(geteuid())/control.sock"
+    }
+
+    /// Makes sure nobody else can replace the socket: its directory is created (mode 0755) if
+    /// missing, must be a real directory owned by this account, root or `alsoTrusted` (the
+    /// run_as account), and must not be writable by others (a socket in /tmp itself could be
+    /// squatted by another user).
+    static func checkDirectory(_ directory: String, alsoTrusted: uid_t? = nil) throws {
+        if mkdir(directory, 0o755) != 0 && errno != EEXIST {
+            throw ControlError(description: "cannot create the control socket directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        var info = stat()
+        guard lstat(directory, &info) == 0 else {
+            throw ControlError(description: "cannot read the control socket directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw ControlError(description: "the control socket directory \(directory) is not a directory (a symlink?); remove it or set control_socket elsewhere")
+        }
+        guard info.st_uid == geteuid() || info.st_uid == 0 || info.st_uid == alsoTrusted else {
+            throw ControlError(description: "the control socket directory \(directory) belongs to another account (uid \(info.st_uid)); remove it or set control_socket elsewhere")
+        }
+        guard info.st_mode & 0o002 == 0 else {
+            throw ControlError(description: "the control socket directory \(directory) is writable by every account, so another could take the socket's place; set control_socket to a path in a private directory")
+        }
     }
 
     /// Binds `path`, replacing a stale socket file but not a live daemon's. The socket is
     /// mode 0600; with `group`, it belongs to that group and is mode 0660 (changing the group
     /// needs root or CAP_CHOWN). Clients wait in the backlog until `start(respond:)`.
-    init(path: String, group: gid_t? = nil) throws {
+    /// - `owner`: the run_as account, whose directory is trusted too.
+    init(path: String, group: gid_t? = nil, owner: uid_t? = nil) throws {
         self.path = path
         let directory = (path as NSString).deletingLastPathComponent
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        let parent = (directory as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        try Self.checkDirectory(directory, alsoTrusted: owner)
         if FileManager.default.fileExists(atPath: path) {
             if (try? ControlSocket.request("status", path: path, timeout: 1)) != nil {
                 throw ControlError(description: "another tunneld answers on \(path); stop it or set control_socket to another path")

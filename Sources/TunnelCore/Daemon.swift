@@ -59,7 +59,7 @@ public final class Daemon {
         // can both ask for status. It answers once the listener and pool below exist.
         var control: ControlSocket?
         do {
-            control = try ControlSocket(path: controlPath, group: account?.gid)
+            control = try ControlSocket(path: controlPath, group: account?.gid, owner: account?.uid)
         } catch {
             logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
         }
