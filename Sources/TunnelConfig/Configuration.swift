@@ -40,6 +40,10 @@ public struct GlobalSettings: Sendable, Equatable {
     public var shutdownTimeout: Double
     /// Most live connections of all services together; `nil`: derived from the descriptor limit.
     public var maxConnections: Int?
+    /// Where to serve Prometheus metrics over HTTP (`metrics = [HOST:]PORT`), if anywhere.
+    public var metrics: Endpoint?
+    /// Who besides loopback clients may read the metrics: the `only_from` of `defaults`.
+    public var metricsOnlyFrom: [AddressMatch] = []
 
     public init(
         controlSocket: String? = nil, runAs: String? = nil, logLevel: String? = nil,

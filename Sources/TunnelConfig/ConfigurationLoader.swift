@@ -195,6 +195,12 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         configuration.globals = resolveGlobals(globals, diagnostics: &configuration.diagnostics)
+        if configuration.globals.metrics != nil {
+            configuration.globals.metricsOnlyFrom = (defaults["only_from"]?.words ?? []).compactMap { word in
+                if case .success(let match) = ValueParser.addressMatch(word) { return match }
+                return nil
+            }
+        }
         // With run_as, the daemon reads keys and known_hosts as that account, after dropping
         // root: `~` and the default files are that account's, and root's agent is not used.
         var serviceEnvironment = environment
@@ -273,6 +279,19 @@ public struct ConfigurationLoader: Sendable {
                 settings.logLevel = level.lowercased()
             } else {
                 diagnostics.append(Diagnostic(.error, at: place("log_level"), "log_level \(level) is not one of \(known.joined(separator: ", "))"))
+            }
+        }
+        if let text = one("metrics") {
+            var host = "127.0.0.1"
+            var portText = Substring(text)
+            if let colon = text.lastIndex(of: ":") {
+                host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+                portText = text[text.index(after: colon)...]
+            }
+            if let port = UInt16(portText), port > 0, let listen = ServiceBuilder.listenHost(host) {
+                settings.metrics = Endpoint(host: listen, port: port)
+            } else {
+                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' is not [HOST:]PORT; write e.g. metrics = 127.0.0.1:9108"))
             }
         }
         if let text = one("max_connections") {

@@ -112,6 +112,17 @@ public final class Daemon {
             default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
             }
         }
+        if let address = configuration.globals.metrics {
+            do {
+                let metrics = try MetricsListener(address: address, allowed: configuration.globals.metricsOnlyFrom, logger: logger) {
+                    Self.status(listener: listener, pool: pool, startedAt: startedAt).prometheus()
+                }
+                metrics.start()
+                logger.info("serving metrics", metadata: ["listen": "\(address)", "path": "/metrics"])
+            } catch {
+                logger.error("cannot serve metrics", metadata: ["listen": "\(address)", "error": "\(error)"])
+            }
+        }
         logger.notice("started", metadata: ["services": "\(endpoints.count)"])
         systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])
 

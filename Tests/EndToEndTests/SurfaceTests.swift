@@ -109,4 +109,22 @@ final class SurfaceTests: SSHTestCase {
         let failed = try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, 9] + Array("localhost".utf8) + [UInt8(closed >> 8), UInt8(closed & 0xff)])
         XCTAssertEqual(failed, [5, 0, 5, 5, 0, 1, 0, 0, 0, 0, 0, 0], tunneld.log)
     }
+
+    func testMetricsAreServedOverHTTPToLoopbackClients() throws {
+        let port = TCP.freePort()
+        let metricsPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "00-metrics": "defaults { metrics = 127.0.0.1:\(metricsPort) }\n",
+            "mail": stanza("mail", port: port, via: sshd, target: echo.port),
+        ])
+        XCTAssertEqual(try TCP.exchange(port: port, Array("hi".utf8)), Array("hi".utf8))
+        let scrape = try runProgram("/usr/bin/curl", ["-sS", "--max-time", "5", "-D", "-", "http://127.0.0.1:\(metricsPort)/metrics"])
+        XCTAssertEqual(scrape.status, 0, scrape.error + tunneld.log)
+        XCTAssertTrue(scrape.output.hasPrefix("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4"), scrape.output)
+        let body = String(scrape.output[scrape.output.range(of: "\r\n\r\n")!.upperBound...])
+        let metrics = try PrometheusText(body)
+        XCTAssertEqual(metrics.samples[#"tunneld_connections_total{service="mail",result="ok"}"#], 1)
+        let other = try runProgram("/usr/bin/curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"])
+        XCTAssertEqual(other.output, "404")
+    }
 }

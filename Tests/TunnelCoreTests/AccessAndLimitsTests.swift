@@ -118,3 +118,14 @@ final class ConnectionLimitsTests: XCTestCase {
         XCTAssertNil(limits.admit(source: "a", now: start + .seconds(6)))
     }
 }
+
+final class MetricsAccessTests: XCTestCase {
+    func testMetricsAreForLoopbackUnlessOnlyFromOfDefaultsAdmitsMore() {
+        XCTAssertTrue(MetricsListener.admits("127.0.0.1", allowed: []))
+        XCTAssertTrue(MetricsListener.admits("::1", allowed: []))
+        XCTAssertTrue(MetricsListener.admits("::ffff:127.0.0.5", allowed: []))
+        XCTAssertFalse(MetricsListener.admits("192.0.2.5", allowed: []), "not loopback, no only_from")
+        XCTAssertTrue(MetricsListener.admits("192.0.2.5", allowed: [.network(address: [192, 0, 2, 0], prefixLength: 24)]))
+        XCTAssertFalse(MetricsListener.admits("198.51.100.1", allowed: [.network(address: [192, 0, 2, 0], prefixLength: 24)]))
+    }
+}
