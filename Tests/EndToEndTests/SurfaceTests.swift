@@ -127,4 +127,25 @@ final class SurfaceTests: SSHTestCase {
         let other = try runProgram("/usr/bin/curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(metricsPort)/"])
         XCTAssertEqual(other.output, "404")
     }
+
+    func testAnIPv6ServerAddressAndIPv6AccessRules() throws {
+        let sshd6 = try SSHServer(listenAddress: "::1")
+        let port = TCP.freePort()
+        let refusedPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "v6": stanza("v6", port: port, via: sshd6, target: echo.port)
+                .replacingOccurrences(of: "server          = \(sshd6.user)@\(sshd6.listenAddress):\(sshd6.port)", with: "server          = \(sshd6.user)@[::1]:\(sshd6.port)"),
+            "rules": stanza("rules", port: refusedPort, via: sshd6, target: echo.port, extra: "    only_from = 127.0.0.0/8 ::/0\n    no_access = ::1/128")
+                .replacingOccurrences(of: "server          = \(sshd6.user)@\(sshd6.listenAddress):\(sshd6.port)", with: "server          = \(sshd6.user)@[::1]:\(sshd6.port)"),
+        ])
+        XCTAssertEqual(try TCP.exchange(port: port, Array("via [::1]".utf8)), Array("via [::1]".utf8), tunneld.log)
+        XCTAssertTrue(sshd6.log.contains("Accepted publickey"), "the session went to the IPv6 sshd")
+
+        // IPv6 rules with prefixes: ::/0 admits every IPv6 client, the more specific ::1/128 refuses ::1.
+        let fd = try connectIPv6Loopback(port: refusedPort)
+        XCTAssertEqual(try TCP.readAll(fd), [])
+        close(fd)
+        XCTAssertTrue(tunneld.waitForLog("result=\"access: no_access ::1\"", timeout: 2), tunneld.log)
+        XCTAssertEqual(try TCP.exchange(port: refusedPort, Array("v4 ok".utf8)), Array("v4 ok".utf8))
+    }
 }

@@ -23,7 +23,7 @@ final class SSHServer {
 
     /// - `keyOptions`: `authorized_keys` options for the user key, e.g. `restrict,port-forwarding,permitopen="…"`.
     /// - `extraConfig`: more sshd_config lines, e.g. `RekeyLimit 1M`.
-    /// - `listenAddress`: an IPv4 address to listen on instead of 127.0.0.1.
+    /// - `listenAddress`: an address to listen on instead of 127.0.0.1 (`::1` for IPv6).
     /// - `commandPrefix`: a program and arguments that run sshd, e.g. `ip netns exec NS`; with
     ///   one, readiness is judged from sshd's log, since its address may not be reachable from here.
     init(keyOptions: String = "", extraConfig: String = "", listenAddress: String = "127.0.0.1", commandPrefix: [String] = []) throws {
@@ -41,7 +41,7 @@ final class SSHServer {
         try writeAuthorizedKeys(options: keyOptions)
         if geteuid() == 0 { try? FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true) }
         directory.write("sshd_config", """
-            ListenAddress \(listenAddress):\(port)
+            ListenAddress \(listenAddress.contains(":") ? "[\(listenAddress)]" : listenAddress):\(port)
             HostKey \(directory.file("host_ed25519"))
             AuthorizedKeysFile \(directory.file("authorized_keys"))
             PidFile none
@@ -91,7 +91,7 @@ final class SSHServer {
         let command = commandPrefix + [sshd, "-D", "-f", directory.file("sshd_config"), "-E", logFile]
         process = try ChildProcess(command[0], Array(command.dropFirst()))
         let up = waitUntil(timeout: 10) {
-            if !commandPrefix.isEmpty { return log.components(separatedBy: "Server listening on").count - 1 > listening }
+            if !commandPrefix.isEmpty || listenAddress != "127.0.0.1" { return log.components(separatedBy: "Server listening on").count - 1 > listening }
             guard let fd = try? TCP.connect(port: port, timeout: 1) else { return false }
             close(fd)
             return true
