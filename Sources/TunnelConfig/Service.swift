@@ -1,107 +1,66 @@
 /// The validated description of one service: what `tunneld` listens on and where it tunnels to.
 ///
 /// Values here are final: defaults are applied, names are resolved to numbers, and the
-/// xinetd command form is already translated. The tunnel reads nothing else.
+/// xinetd command form is already translated. The tunnel reads nothing else. A service is
+/// composed of a few values, each built in one place by `ServiceBuilder`; the properties
+/// below them read and write through to those values.
 public struct Service: Sendable, Equatable {
     /// The stanza's name (`service NAME {`).
     public var name: String
     /// Where the stanza was written, for messages.
     public var location: SourceLocation
-    /// The local address and port to accept clients on.
-    public var listen: ListenAddress
-    /// More addresses with the same port: `[::1]` when `bind` is `localhost` (or not set).
-    public var alsoListen: [ListenAddress]
-    /// `type = SOCKS`: each client names its target with SOCKS5; `target` is a placeholder.
-    public var isSocks: Bool
-    /// The targets a SOCKS service's clients may name; empty means any.
-    public var permit: [PermitRule]
-    /// The SSH server to log in to.
-    public var server: Endpoint
-    /// The SSH login name.
-    public var user: String
-    /// The forward target as the SSH server sees it (`server_args`).
-    public var target: Endpoint
-    /// Private key files to try, in order, after the agent.
-    public var identities: [String]
-    /// A file holding the identity's passphrase, if any.
-    public var identityPassphraseFile: String?
-    /// The ssh-agent socket path; `nil` means no agent.
-    public var identityAgent: String?
-    /// known_hosts files, read in order.
-    public var knownHosts: [String]
-    /// What to do with an unknown host key.
-    public var hostKeyPolicy: HostKeyPolicy
-    /// A pinned host key fingerprint (`SHA256:…`), which replaces known_hosts when set.
-    public var fingerprint: String?
-    /// Seconds an idle session stays up after its last channel closes.
-    public var linger: Double
-    /// Whether the session is kept up at all times.
-    public var isPersistent: Bool
-    /// How many SSH sessions to the server may carry this service's connections at once.
-    public var sessions: Int
-    /// Seconds between health probes of the target (persistent services), if probed.
-    public var probeInterval: Double?
-    /// SSH-level liveness checking.
-    public var keepalive: Keepalive
-    /// Seconds allowed for TCP connect, handshake, host-key check and authentication.
-    public var connectTimeout: Double
-    /// Maximum live connections; `nil` is unlimited.
-    public var instances: Int?
-    /// Maximum live connections from one client address; `nil` is unlimited.
-    public var perSource: Int?
-    /// Connection-rate limit; `nil` is none.
-    public var cps: ConnectionRate?
-    /// Clients allowed (`only_from`): `nil` (no only_from) admits anyone, an empty list nobody.
-    public var onlyFrom: [AddressMatch]?
-    /// Clients refused (`no_access`).
-    public var noAccess: [AddressMatch]
-    /// xinetd `log_on_success` fields, upper-cased.
-    public var logOnSuccess: Set<String>
-    /// xinetd `log_on_failure` fields, upper-cased.
-    public var logOnFailure: Set<String>
+    public var listening: Listening
+    public var route: Route
+    public var forwarding: Forwarding
+    public var policy: SessionPolicy
+    public var limits: Limits
+    public var access: AccessRules
+    public var logFields: LogFields
 
     public init(
-        name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [],
-        isSocks: Bool = false, permit: [PermitRule] = [], server: Endpoint,
-        user: String, target: Endpoint, identities: [String] = [],
-        identityPassphraseFile: String? = nil, identityAgent: String? = nil,
-        knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
-        fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4,
-        probeInterval: Double? = nil,
-        keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10,
-        instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil,
-        onlyFrom: [AddressMatch]? = nil, noAccess: [AddressMatch] = [],
-        logOnSuccess: Set<String> = [], logOnFailure: Set<String> = []
+        name: String, location: SourceLocation, listening: Listening, route: Route, forwarding: Forwarding,
+        policy: SessionPolicy = SessionPolicy(), limits: Limits = Limits(), access: AccessRules = AccessRules(),
+        logFields: LogFields = LogFields()
     ) {
         self.name = name
         self.location = location
-        self.listen = listen
-        self.alsoListen = alsoListen
-        self.isSocks = isSocks
-        self.permit = permit
-        self.server = server
-        self.user = user
-        self.target = target
-        self.identities = identities
-        self.identityPassphraseFile = identityPassphraseFile
-        self.identityAgent = identityAgent
-        self.knownHosts = knownHosts
-        self.hostKeyPolicy = hostKeyPolicy
-        self.fingerprint = fingerprint
-        self.linger = linger
-        self.isPersistent = isPersistent
-        self.sessions = sessions
-        self.probeInterval = probeInterval
-        self.keepalive = keepalive
-        self.connectTimeout = connectTimeout
-        self.instances = instances
-        self.perSource = perSource
-        self.cps = cps
-        self.onlyFrom = onlyFrom
-        self.noAccess = noAccess
-        self.logOnSuccess = logOnSuccess
-        self.logOnFailure = logOnFailure
+        self.listening = listening
+        self.route = route
+        self.forwarding = forwarding
+        self.policy = policy
+        self.limits = limits
+        self.access = access
+        self.logFields = logFields
     }
+
+    // MARK: Reading through
+
+    /// The local address and port to accept clients on.
+    public var listen: ListenAddress { get { listening.address } set { listening.address = newValue } }
+    /// More addresses with the same port.
+    public var alsoListen: [ListenAddress] { get { listening.alsoListen } set { listening.alsoListen = newValue } }
+    public var server: Endpoint { get { route.server } set { route.server = newValue } }
+    public var user: String { get { route.user } set { route.user = newValue } }
+    public var identities: [String] { get { route.identities } set { route.identities = newValue } }
+    public var identityPassphraseFile: String? { get { route.identityPassphraseFile } set { route.identityPassphraseFile = newValue } }
+    public var identityAgent: String? { get { route.identityAgent } set { route.identityAgent = newValue } }
+    public var knownHosts: [String] { get { route.knownHosts } set { route.knownHosts = newValue } }
+    public var hostKeyPolicy: HostKeyPolicy { get { route.hostKeyPolicy } set { route.hostKeyPolicy = newValue } }
+    public var fingerprint: String? { get { route.fingerprint } set { route.fingerprint = newValue } }
+    public var target: Endpoint { get { forwarding.target } set { forwarding.target = newValue } }
+    public var isSocks: Bool { get { forwarding.isSocks } set { forwarding.isSocks = newValue } }
+    public var permit: [PermitRule] { get { forwarding.permit } set { forwarding.permit = newValue } }
+    public var linger: Double { get { policy.linger } set { policy.linger = newValue } }
+    public var isPersistent: Bool { get { policy.isPersistent } set { policy.isPersistent = newValue } }
+    public var sessions: Int { get { policy.sessions } set { policy.sessions = newValue } }
+    public var probeInterval: Double? { get { policy.probeInterval } set { policy.probeInterval = newValue } }
+    public var keepalive: Keepalive { get { policy.keepalive } set { policy.keepalive = newValue } }
+    public var connectTimeout: Double { get { policy.connectTimeout } set { policy.connectTimeout = newValue } }
+    public var instances: Int? { get { limits.instances } set { limits.instances = newValue } }
+    public var perSource: Int? { get { limits.perSource } set { limits.perSource = newValue } }
+    public var cps: ConnectionRate? { get { limits.cps } set { limits.cps = newValue } }
+    public var onlyFrom: [AddressMatch]? { get { access.onlyFrom } set { access.onlyFrom = newValue } }
+    public var noAccess: [AddressMatch] { get { access.noAccess } set { access.noAccess = newValue } }
 
     /// The `target` of a SOCKS service, which has none of its own.
     public static let socksTarget = Endpoint(host: "socks", port: 0)
@@ -109,7 +68,7 @@ public struct Service: Sendable, Equatable {
     /// Every address the service listens on, `listen` first.
     public var listenAddresses: [ListenAddress] { [listen] + alsoListen }
 
-    /// The services that may share one SSH session: same server, login, keys and host-key rules.
+    /// The services that may share one SSH session: same route (server, login, keys and host-key rules).
     public var sessionKey: SessionKey {
         SessionKey(
             server: server, user: user, identities: identities,

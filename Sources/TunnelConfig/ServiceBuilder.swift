@@ -10,7 +10,7 @@ struct ServiceBuilder {
     let names: ServiceNames
 
     private(set) var diagnostics: [Diagnostic] = []
-    private var hasError = false
+    private(set) var hasError = false
 
     init(name: String, location: SourceLocation, values: AttributeValues, environment: ConfigurationLoader.Environment, names: ServiceNames) {
         self.name = name
@@ -20,21 +20,21 @@ struct ServiceBuilder {
         self.names = names
     }
 
-    private func place(_ attribute: String) -> SourceLocation {
+    func place(_ attribute: String) -> SourceLocation {
         values[attribute].map { SourceLocation(file: $0.file, line: $0.line) } ?? location
     }
 
-    private mutating func error(_ attribute: String?, _ message: String) {
+    mutating func error(_ attribute: String?, _ message: String) {
         hasError = true
         diagnostics.append(Diagnostic(.error, at: attribute.map(place) ?? location, service: name, message))
     }
 
-    private mutating func warning(_ attribute: String?, _ message: String) {
+    mutating func warning(_ attribute: String?, _ message: String) {
         diagnostics.append(Diagnostic(.warning, at: attribute.map(place) ?? location, service: name, message))
     }
 
     /// The one value of `attribute`, or nil (with an error if it has more or none).
-    private mutating func single(_ attribute: String) -> String? {
+    mutating func single(_ attribute: String) -> String? {
         guard let value = values[attribute] else { return nil }
         guard value.words.count == 1 else {
             error(attribute, value.words.isEmpty ? "\(attribute) has no value" : "\(attribute) takes one value, not \(value.words.count): \(value.words.joined(separator: " "))")
@@ -43,7 +43,7 @@ struct ServiceBuilder {
         return value.words[0]
     }
 
-    private mutating func parse<T>(_ attribute: String, _ parser: (String) -> Result<T, Message>) -> T? {
+    mutating func parse<T>(_ attribute: String, _ parser: (String) -> Result<T, Message>) -> T? {
         guard let text = single(attribute) else { return nil }
         switch parser(text) {
         case .success(let value): return value
@@ -53,107 +53,24 @@ struct ServiceBuilder {
         }
     }
 
-    /// Returns the service, or `.failed` when it has errors.
+    /// Returns the service, or `.failed` when it has errors. Each part is built in one place:
+    /// where to listen, the route to the SSH server, where channels go, the session policy,
+    /// the limits, the access rules and the log fields.
     mutating func build() -> BuildResult {
         checkAttributeNames()
         checkXinetdCompatibility()
         // The loader takes `disable = yes` stanzas out before building; any other value is checked here.
         _ = parse("disable", ValueParser.flag)
-
-        // Where to listen.
-        let serviceNames = names
-        let port: UInt16? = values["port"] == nil ? nil : parse("port") { ValueParser.port($0, names: serviceNames) }
-        if values["port"] == nil { error(nil, "no port; add port = NUMBER (the local port to listen on)") }
-        let bindAttribute = values["bind"] != nil ? "bind" : "interface"
-        var listenHost = "127.0.0.1"
-        // localhost (and the default) is both loopbacks: clients resolve localhost to ::1 first.
-        var isLocalhost = true
-        if values[bindAttribute] != nil, let text = single(bindAttribute) {
-            isLocalhost = text.lowercased() == "localhost"
-            if let host = Self.listenHost(text) {
-                listenHost = host
-            } else {
-                error(bindAttribute, "bind '\(text)' is not an address; use an IPv4 or IPv6 address, localhost, or *")
-            }
-        }
-        var alsoListenHosts: [String] = []
-        if isLocalhost {
-            let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
-            switch (flags.contains("IPV4"), flags.contains("IPV6")) {
-            case (true, false): break
-            case (false, true): listenHost = "::1"
-            default: alsoListenHosts = ["::1"]
-            }
-        } else {
-            checkAddressFamilyFlags(listenHost: listenHost)
-        }
-
-        // Where to go.
-        let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
-
-        // Keys and host keys.
-        var identities = resolveIdentities(home: home) + commandIdentities.map { expand($0, home: home, attribute: "server_args") }
-        if identities.isEmpty {
-            identities = ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"]
-        } else {
-            checkIdentityFiles(identities)
-        }
-        let passphraseFile = values["identity_passphrase_file"] != nil ? single("identity_passphrase_file").map { expand($0, home: home, attribute: "identity_passphrase_file") } : nil
-        if let passphraseFile { checkSecretFile(passphraseFile, attribute: "identity_passphrase_file") }
-        var agent = environment.agentSocket
-        if values["identity_agent"] != nil, let text = single("identity_agent") {
-            agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
-        }
-        var knownHosts = values["known_hosts"]?.words.map { expand($0, home: home, attribute: "known_hosts") } ?? []
-        if knownHosts.isEmpty { knownHosts = ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"] }
-        var policy = HostKeyPolicy.strict
-        if values["host_key"] != nil, let text = single("host_key") {
-            if let value = HostKeyPolicy(rawValue: text.lowercased()) {
-                policy = value
-            } else {
-                error("host_key", "host_key '\(text)' is not strict or accept-new")
-            }
-        }
-        let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
-
-        // Session life.
-        let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
-        let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
-        let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
-        let keepalive = resolveKeepalive()
-        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
-        var probeInterval = values["probe"] == nil ? nil : parse("probe") { ValueParser.seconds($0, allowZero: false, atMost: .day) }
-        if probeInterval != nil && !persistent {
-            warning("probe", "probe works with persistent = yes only (a probe would keep the session up); it is ignored")
-            probeInterval = nil
-        }
-
-        // Limits and access.
-        let instances = values["instances"] == nil ? nil : parse("instances", ValueParser.limit) ?? nil
-        let perSource = values["per_source"] == nil ? nil : parse("per_source", ValueParser.limit) ?? nil
-        let cps = resolveRate()
-        let onlyFrom = values["only_from"] == nil ? nil : resolveMatches("only_from")
-        let noAccess = resolveMatches("no_access")
-        if values["only_from"]?.words.isEmpty == true {
-            warning("only_from", "only_from is empty, so nobody may connect (as in xinetd); list the client addresses, or remove only_from to admit anyone")
-        }
-        if !Self.isLoopback(listenHost) && values["only_from"] == nil {
-            warning(values[bindAttribute] == nil ? nil : bindAttribute, "listens on \(listenHost), beyond this machine, with no only_from; anyone who reaches the port can use the tunnel; add only_from = ADDRESSES")
-        }
-        let permit = resolvePermit()
-        let logOnSuccess = resolveLogFields("log_on_success")
-        let logOnFailure = resolveLogFields("log_on_failure")
-
-        guard !hasError, let port, let sshHost, let target else { return .failed }
+        let listening = buildListening()
+        let (route, forwarding) = buildRouteAndForwarding()
+        let policy = buildPolicy()
+        let limits = buildLimits()
+        let access = buildAccess(listeningOn: listening?.address.host ?? "127.0.0.1")
+        let logFields = LogFields(onSuccess: resolveLogFields("log_on_success"), onFailure: resolveLogFields("log_on_failure"))
+        guard !hasError, let listening, let route, let forwarding else { return .failed }
         let service = Service(
-            name: name, location: location, listen: Endpoint(host: listenHost, port: port),
-            alsoListen: alsoListenHosts.map { Endpoint(host: $0, port: port) }, isSocks: isSocks, permit: permit,
-            server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
-            identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
-            knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
-            isPersistent: persistent, sessions: sessions, probeInterval: probeInterval, keepalive: keepalive, connectTimeout: connectTimeout,
-            instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
-            logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
+            name: name, location: location, listening: listening, route: route, forwarding: forwarding,
+            policy: policy, limits: limits, access: access, logFields: logFields)
         checkKnownHosts(service)
         return .built(service)
     }
@@ -165,7 +82,7 @@ struct ServiceBuilder {
 
     // MARK: Attribute names and xinetd's
 
-    private mutating func checkAttributeNames() {
+    mutating func checkAttributeNames() {
         for attribute in values.names.sorted() {
             if AttributeTable.global[attribute] != nil {
                 warning(attribute, "\(attribute) applies to the whole daemon; move it into defaults { }")
@@ -175,7 +92,7 @@ struct ServiceBuilder {
         }
     }
 
-    private mutating func checkXinetdCompatibility() {
+    mutating func checkXinetdCompatibility() {
         if let text = values["socket_type"].flatMap({ $0.words.first }), text.lowercased() != "stream" {
             error("socket_type", "socket_type = \(text): tunneld carries TCP streams only; set socket_type = stream or remove it")
         }
@@ -195,7 +112,7 @@ struct ServiceBuilder {
 
     /// xinetd's `flags = IPv4` / `IPv6` choose the socket's family; tunneld's is `bind`'s.
     /// A flag that disagrees with it is a warning, never silently dropped.
-    private mutating func checkAddressFamilyFlags(listenHost: String) {
+    mutating func checkAddressFamilyFlags(listenHost: String) {
         let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
         let isIPv6 = ValueParser.ipv6(listenHost) != nil
         if flags.contains("IPV6") && !isIPv6 {
@@ -207,12 +124,12 @@ struct ServiceBuilder {
     }
 
     /// Whether `type` holds SOCKS: clients name their targets with SOCKS5.
-    private var isSocks: Bool {
+    var isSocks: Bool {
         (values["type"]?.words ?? []).contains { $0.uppercased() == "SOCKS" }
     }
 
     /// `permit = HOST:PORT …` of a SOCKS service: the targets its clients may name.
-    private mutating func resolvePermit() -> [PermitRule] {
+    mutating func resolvePermit() -> [PermitRule] {
         guard let words = values["permit"]?.words else { return [] }
         guard isSocks else {
             warning("permit", "permit limits the targets of a type = SOCKS service; this service's target is server_args, so permit is ignored")
@@ -230,13 +147,13 @@ struct ServiceBuilder {
     }
 
     /// Whether `flags` holds NAMEINARGS: server_args then starts with the program's name.
-    private var isNameInArgs: Bool {
+    var isNameInArgs: Bool {
         (values["flags"]?.words ?? []).contains { $0.uppercased() == "NAMEINARGS" }
     }
 
     // MARK: Server and target
 
-    private mutating func resolveServerAndTarget() -> (String?, UInt16, String, String, [String], Endpoint?) {
+    mutating func resolveServerAndTarget() -> (String?, UInt16, String, String, [String], Endpoint?) {
         var login = environment.userName
         var home = environment.homeDirectory
         guard values["server"] != nil, let serverText = single("server") else {
@@ -359,7 +276,7 @@ struct ServiceBuilder {
 
     // MARK: Files
 
-    private func expand(_ path: String, home: String, attribute: String) -> String {
+    func expand(_ path: String, home: String, attribute: String) -> String {
         if path == "~" { return home }
         if path.hasPrefix("~/") { return home + path.dropFirst(1) }
         if path.hasPrefix("/") { return path }
@@ -368,11 +285,11 @@ struct ServiceBuilder {
         return ((file as NSString).deletingLastPathComponent as NSString).appendingPathComponent(path)
     }
 
-    private func resolveIdentities(home: String) -> [String] {
+    func resolveIdentities(home: String) -> [String] {
         (values["identity"]?.words ?? []).map { expand($0, home: home, attribute: "identity") }
     }
 
-    private mutating func checkIdentityFiles(_ paths: [String]) {
+    mutating func checkIdentityFiles(_ paths: [String]) {
         for path in paths {
             var info = stat()
             guard stat(path, &info) == 0 else {
@@ -395,7 +312,7 @@ struct ServiceBuilder {
         }
     }
 
-    private mutating func checkSecretFile(_ path: String, attribute: String) {
+    mutating func checkSecretFile(_ path: String, attribute: String) {
         var info = stat()
         guard stat(path, &info) == 0 else {
             error(attribute, "\(attribute) \(path) does not exist")
@@ -406,7 +323,7 @@ struct ServiceBuilder {
         }
     }
 
-    private mutating func checkKnownHosts(_ service: Service) {
+    mutating func checkKnownHosts(_ service: Service) {
         guard service.fingerprint == nil, service.hostKeyPolicy == .strict else { return }
         let existing = service.knownHosts.filter { FileManager.default.fileExists(atPath: $0) }
         let scan = service.server.port == 22 ? "ssh-keyscan \(service.server.host)" : "ssh-keyscan -p \(service.server.port) \(service.server.host)"
@@ -422,7 +339,7 @@ struct ServiceBuilder {
 
     // MARK: Numbers and lists
 
-    private mutating func resolveKeepalive() -> Keepalive {
+    mutating func resolveKeepalive() -> Keepalive {
         guard let value = values["keepalive"] else { return Keepalive() }
         let words = value.words
         guard (1...2).contains(words.count),
@@ -445,7 +362,7 @@ struct ServiceBuilder {
         return Keepalive(interval: interval, count: count)
     }
 
-    private mutating func resolveRate() -> ConnectionRate? {
+    mutating func resolveRate() -> ConnectionRate? {
         guard let value = values["cps"] else { return nil }
         let words = value.words
         guard words.count == 2, let rate = Int(words[0]), rate > 0,
@@ -464,7 +381,7 @@ struct ServiceBuilder {
         return ConnectionRate(rate: rate, pause: pause)
     }
 
-    private mutating func resolveMatches(_ attribute: String) -> [AddressMatch] {
+    mutating func resolveMatches(_ attribute: String) -> [AddressMatch] {
         var matches: [AddressMatch] = []
         for word in values[attribute]?.words ?? [] {
             switch ValueParser.addressMatch(word) {
@@ -477,7 +394,7 @@ struct ServiceBuilder {
 
     private static let logFields: Set<String> = ["PID", "HOST", "USERID", "EXIT", "DURATION", "TRAFFIC", "ATTEMPT"]
 
-    private mutating func resolveLogFields(_ attribute: String) -> Set<String> {
+    mutating func resolveLogFields(_ attribute: String) -> Set<String> {
         guard let words = values[attribute]?.words else { return Self.logFields }
         var fields = Set<String>()
         for word in words {

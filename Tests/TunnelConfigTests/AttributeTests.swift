@@ -145,7 +145,7 @@ final class AttributeTests: XCTestCase {
 
     func testAgentNoneAndLogFields() {
         XCTAssertNil(service("identity_agent = none").0?.identityAgent)
-        XCTAssertEqual(service("log_on_success = HOST DURATION").0?.logOnSuccess, ["HOST", "DURATION"])
+        XCTAssertEqual(service("log_on_success = HOST DURATION").0?.logFields.onSuccess, ["HOST", "DURATION"])
         XCTAssertEqual(service("log_on_failure = HOST BOGUS").1.first, "ROOT/conf:6: warning: s: log_on_failure field BOGUS is unknown; known: ATTEMPT DURATION EXIT HOST PID TRAFFIC USERID")
     }
 

@@ -13,9 +13,9 @@ final class AccessControlTests: XCTestCase {
             return .hostname(text)
         }
         let service = Service(
-            name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
-            server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
-            onlyFrom: only?.map(parse), noAccess: deny.map(parse))
+            name: "s", location: SourceLocation(file: "f", line: 1), listening: Listening(address: Endpoint(host: "127.0.0.1", port: 1)),
+            route: Route(server: Endpoint(host: "h", port: 22), user: "u"), forwarding: Forwarding(target: Endpoint(host: "t", port: 1)),
+            access: AccessRules(onlyFrom: only?.map(parse), noAccess: deny.map(parse)))
         return AccessControl(service: service, resolver: resolver)
     }
 
@@ -84,9 +84,9 @@ final class AccessControlTests: XCTestCase {
 final class ConnectionLimitsTests: XCTestCase {
     private func limits(instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil) -> ConnectionLimits {
         ConnectionLimits(service: Service(
-            name: "s", location: SourceLocation(file: "f", line: 1), listen: Endpoint(host: "127.0.0.1", port: 1),
-            server: Endpoint(host: "h", port: 22), user: "u", target: Endpoint(host: "t", port: 1),
-            instances: instances, perSource: perSource, cps: cps))
+            name: "s", location: SourceLocation(file: "f", line: 1), listening: Listening(address: Endpoint(host: "127.0.0.1", port: 1)),
+            route: Route(server: Endpoint(host: "h", port: 22), user: "u"), forwarding: Forwarding(target: Endpoint(host: "t", port: 1)),
+            limits: Limits(instances: instances, perSource: perSource, cps: cps)))
     }
 
     func testInstancesCountsLiveConnections() {

@@ -32,8 +32,9 @@ final class ReloadIdentityTests: XCTestCase {
     private func service(port: UInt16, line: Int) -> Service {
         Service(
             name: "smtp", location: SourceLocation(file: "services.d/smtp", line: line),
-            listen: Endpoint(host: "127.0.0.1", port: port), server: Endpoint(host: "mail.example.org", port: 22),
-            user: "mail", target: Endpoint(host: "localhost", port: 25))
+            listening: Listening(address: Endpoint(host: "127.0.0.1", port: port)),
+            route: Route(server: Endpoint(host: "mail.example.org", port: 22), user: "mail"),
+            forwarding: Forwarding(target: Endpoint(host: "localhost", port: 25)))
     }
 
     func testMovingAStanzaInItsFileIsNoChange() {

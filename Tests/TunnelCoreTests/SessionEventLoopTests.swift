@@ -33,9 +33,10 @@ final class SessionEventLoopTests: XCTestCase {
     static func service(connectTimeout: Double, name: String = "svc") -> Service {
         Service(
             name: name, location: SourceLocation(file: "test.conf", line: 1),
-            listen: Endpoint(host: "127.0.0.1", port: 7777), server: Endpoint(host: "bastion", port: 22),
-            user: "kiosk", target: Endpoint(host: "carbon", port: 6001), linger: 300,
-            keepalive: Keepalive(interval: 15, count: 3), connectTimeout: connectTimeout)
+            listening: Listening(address: Endpoint(host: "127.0.0.1", port: 7777)),
+            route: Route(server: Endpoint(host: "bastion", port: 22), user: "kiosk"),
+            forwarding: Forwarding(target: Endpoint(host: "carbon", port: 6001)),
+            policy: SessionPolicy(linger: 300, keepalive: Keepalive(interval: 15, count: 3), connectTimeout: connectTimeout))
     }
 
     /// A client connected through a socket pair; the test holds the other end.

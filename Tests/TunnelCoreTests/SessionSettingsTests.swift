@@ -6,9 +6,10 @@ final class SessionSettingsTests: XCTestCase {
     private func service(_ name: String, linger: Double, persistent: Bool, keepalive: Keepalive, timeout: Double) -> Service {
         Service(
             name: name, location: SourceLocation(file: "test.conf", line: 1),
-            listen: Endpoint(host: "127.0.0.1", port: 7777), server: Endpoint(host: "bastion.example.org", port: 22),
-            user: "kiosk", target: Endpoint(host: "carbon", port: 6001),
-            linger: linger, isPersistent: persistent, keepalive: keepalive, connectTimeout: timeout)
+            listening: Listening(address: Endpoint(host: "127.0.0.1", port: 7777)),
+            route: Route(server: Endpoint(host: "bastion.example.org", port: 22), user: "kiosk"),
+            forwarding: Forwarding(target: Endpoint(host: "carbon", port: 6001)),
+            policy: SessionPolicy(linger: linger, isPersistent: persistent, keepalive: keepalive, connectTimeout: timeout))
     }
 
     func testServicesSharingASessionMergeToTheMostDemandingSettings() {

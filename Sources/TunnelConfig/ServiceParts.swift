@@ -1,0 +1,132 @@
+/// Where a service accepts clients.
+public struct Listening: Sendable, Hashable {
+    /// The first address; `bind`'s.
+    public var address: ListenAddress
+    /// More addresses with the same port: `[::1]` when `bind` is `localhost` (or not set).
+    public var alsoListen: [ListenAddress]
+
+    public init(address: ListenAddress, alsoListen: [ListenAddress] = []) {
+        self.address = address
+        self.alsoListen = alsoListen
+    }
+}
+
+/// How a service reaches its SSH server: the server, the login, the keys and the host key
+/// rules. Services with the same route share sessions.
+public struct Route: Sendable, Hashable {
+    /// The SSH server to log in to.
+    public var server: Endpoint
+    /// The SSH login name.
+    public var user: String
+    /// Private key files to try, in order, after the agent.
+    public var identities: [String]
+    /// A file holding the identity's passphrase, if any.
+    public var identityPassphraseFile: String?
+    /// The ssh-agent socket path; `nil` means no agent.
+    public var identityAgent: String?
+    /// known_hosts files, read in order.
+    public var knownHosts: [String]
+    /// What to do with an unknown host key.
+    public var hostKeyPolicy: HostKeyPolicy
+    /// A pinned host key fingerprint (`SHA256:…`), which replaces known_hosts when set.
+    public var fingerprint: String?
+
+    public init(
+        server: Endpoint, user: String, identities: [String] = [], identityPassphraseFile: String? = nil,
+        identityAgent: String? = nil, knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict, fingerprint: String? = nil
+    ) {
+        self.server = server
+        self.user = user
+        self.identities = identities
+        self.identityPassphraseFile = identityPassphraseFile
+        self.identityAgent = identityAgent
+        self.knownHosts = knownHosts
+        self.hostKeyPolicy = hostKeyPolicy
+        self.fingerprint = fingerprint
+    }
+}
+
+/// Where a service's channels go: its `server_args`, or (`type = SOCKS`) wherever each client
+/// asks, within `permit`.
+public struct Forwarding: Sendable, Hashable {
+    /// The forward target as the SSH server sees it; `Service.socksTarget` for SOCKS.
+    public var target: Endpoint
+    /// `type = SOCKS`: each client names its target with SOCKS5.
+    public var isSocks: Bool
+    /// The targets a SOCKS service's clients may name; empty means any.
+    public var permit: [PermitRule]
+
+    public init(target: Endpoint, isSocks: Bool = false, permit: [PermitRule] = []) {
+        self.target = target
+        self.isSocks = isSocks
+        self.permit = permit
+    }
+}
+
+/// How a service's SSH sessions live.
+public struct SessionPolicy: Sendable, Hashable {
+    /// Seconds an idle session stays up after its last channel closes.
+    public var linger: Double
+    /// Whether the session is kept up at all times.
+    public var isPersistent: Bool
+    /// How many SSH sessions to the server may carry this service's connections at once.
+    public var sessions: Int
+    /// Seconds between health probes of the target (persistent services), if probed.
+    public var probeInterval: Double?
+    /// SSH-level liveness checking.
+    public var keepalive: Keepalive
+    /// Seconds allowed for TCP connect, handshake, host-key check and authentication.
+    public var connectTimeout: Double
+
+    public init(
+        linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4, probeInterval: Double? = nil,
+        keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10
+    ) {
+        self.linger = linger
+        self.isPersistent = isPersistent
+        self.sessions = sessions
+        self.probeInterval = probeInterval
+        self.keepalive = keepalive
+        self.connectTimeout = connectTimeout
+    }
+}
+
+/// How many clients a service takes (xinetd's `instances`, `per_source`, `cps`).
+public struct Limits: Sendable, Hashable {
+    /// Maximum live connections; `nil` is unlimited.
+    public var instances: Int?
+    /// Maximum live connections from one client address; `nil` is unlimited.
+    public var perSource: Int?
+    /// Connection-rate limit; `nil` is none.
+    public var cps: ConnectionRate?
+
+    public init(instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil) {
+        self.instances = instances
+        self.perSource = perSource
+        self.cps = cps
+    }
+}
+
+/// Who may use a service (xinetd's `only_from`, `no_access`).
+public struct AccessRules: Sendable, Hashable {
+    /// Clients allowed: `nil` (no only_from) admits anyone, an empty list nobody.
+    public var onlyFrom: [AddressMatch]?
+    /// Clients refused.
+    public var noAccess: [AddressMatch]
+
+    public init(onlyFrom: [AddressMatch]? = nil, noAccess: [AddressMatch] = []) {
+        self.onlyFrom = onlyFrom
+        self.noAccess = noAccess
+    }
+}
+
+/// xinetd's `log_on_success` and `log_on_failure` fields, upper-cased.
+public struct LogFields: Sendable, Hashable {
+    public var onSuccess: Set<String>
+    public var onFailure: Set<String>
+
+    public init(onSuccess: Set<String> = [], onFailure: Set<String> = []) {
+        self.onSuccess = onSuccess
+        self.onFailure = onFailure
+    }
+}
