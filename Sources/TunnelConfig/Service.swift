@@ -69,12 +69,7 @@ public struct Service: Sendable, Equatable {
     public var listenAddresses: [ListenAddress] { [listen] + alsoListen }
 
     /// The services that may share one SSH session: same route (server, login, keys and host-key rules).
-    public var sessionKey: SessionKey {
-        SessionKey(
-            server: server, user: user, identities: identities,
-            identityPassphraseFile: identityPassphraseFile, identityAgent: identityAgent,
-            knownHosts: knownHosts, hostKeyPolicy: hostKeyPolicy, fingerprint: fingerprint)
-    }
+    public var sessionKey: SessionKey { route }
 }
 
 /// Where in the configuration something was written.
@@ -142,17 +137,8 @@ public enum AddressMatch: Sendable, Hashable {
     case hostname(String)
 }
 
-/// The identity of an SSH session that services may share.
-public struct SessionKey: Sendable, Hashable {
-    public var server: Endpoint
-    public var user: String
-    public var identities: [String]
-    public var identityPassphraseFile: String?
-    public var identityAgent: String?
-    public var knownHosts: [String]
-    public var hostKeyPolicy: HostKeyPolicy
-    public var fingerprint: String?
-}
+/// The identity of an SSH session that services may share: their route.
+public typealias SessionKey = Route
 
 /// One `permit` entry of a SOCKS service: a host pattern (`*` and `?` match, case-insensitive)
 /// and a port, or `*` for any port.

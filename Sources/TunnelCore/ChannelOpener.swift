@@ -152,40 +152,48 @@ struct ChannelOpener {
                 current = nil
                 events.append(.probeAnswered)
             case .health(let check):
-                do {
-                    guard let channel = try session.openChannel(to: check.target, from: Endpoint(host: "127.0.0.1", port: 0), window: window) else {
-                        return events + expire(now: now)
-                    }
-                    current = nil
+                guard let result = try attempt(to: check.target, from: Endpoint(host: "127.0.0.1", port: 0), on: session) else {
+                    return events + expire(now: now)
+                }
+                current = nil
+                switch result {
+                case .success(let channel):
                     events.append(open.isAbandoned ? .late(channel) : .healthy(check, channel))
-                } catch let failure as ChannelOpenFailure {
-                    current = nil
-                    guard !open.isAbandoned else { continue }
-                    switch failure {
-                    case .refused(let reason): events.append(.unhealthy(check, reason: "refused: \(reason)"))
-                    case .unanswered: events.append(.unhealthy(check, reason: unansweredReason))
-                    }
+                case .failure(.refused(let reason)) where !open.isAbandoned:
+                    events.append(.unhealthy(check, reason: "refused: \(reason)"))
+                case .failure(.unanswered) where !open.isAbandoned:
+                    events.append(.unhealthy(check, reason: unansweredReason))
+                case .failure:
+                    break
                 }
             case .client(let connection):
-                do {
-                    guard let channel = try session.openChannel(to: connection.target, from: connection.peer, window: window) else {
-                        return events + expire(now: now)
-                    }
-                    current = nil
+                guard let result = try attempt(to: connection.target, from: connection.peer, on: session) else {
+                    return events + expire(now: now)
+                }
+                current = nil
+                switch result {
+                case .success(let channel):
                     events.append(open.isAbandoned ? .late(channel) : .opened(connection, channel))
-                } catch let failure as ChannelOpenFailure {
-                    current = nil
-                    guard !open.isAbandoned else { continue }
-                    switch failure {
-                    case .refused(let reason):
-                        events.append(.refused(connection, reason: reason))
-                    case .unanswered:
-                        events.append(.expired(connection, reason: unansweredReason))
-                    }
+                case .failure(.refused(let reason)) where !open.isAbandoned:
+                    events.append(.refused(connection, reason: reason))
+                case .failure(.unanswered) where !open.isAbandoned:
+                    events.append(.expired(connection, reason: unansweredReason))
+                case .failure:
+                    break
                 }
             }
         }
         return events + expire(now: now)
+    }
+
+    /// Asks for a channel: nil while the answer has not come, else the channel or why this
+    /// open failed. Throws only when the session failed.
+    private func attempt(to target: Endpoint, from originator: Endpoint, on session: any TunnelSession) throws -> Result<any TunnelChannel, ChannelOpenFailure>? {
+        do {
+            return try session.openChannel(to: target, from: originator, window: window).map { .success($0) }
+        } catch let failure as ChannelOpenFailure {
+            return .failure(failure)
+        }
     }
 
     private var unansweredReason: String {
