@@ -19,6 +19,8 @@ public final class SSHSession {
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
     private var isKeepaliveConfigured = false
+    /// The password a keyboard-interactive login under way answers with.
+    var keyboardInteractive: KeyboardInteractiveState?
 
     /// Wraps a connected, non-blocking socket. The session owns the socket from here on.
     public init(socket: Int32) throws {

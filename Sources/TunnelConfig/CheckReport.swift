@@ -42,7 +42,8 @@ public struct CheckReport: Sendable {
             if let account = configuration.globals.runAs { lines.append("keys and known_hosts are read as \(account) (run_as):") }
             for service in services {
                 let agent = service.identityAgent.map { "agent \($0); " } ?? ""
-                lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " ")); known_hosts \(service.knownHosts.joined(separator: " "))")
+                let password = service.passwordFile.map { "; password_file \($0)" } ?? ""
+                lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " "))\(password); known_hosts \(service.knownHosts.joined(separator: " "))")
             }
         }
         let errors = configuration.diagnostics.filter { $0.severity == .error }.count

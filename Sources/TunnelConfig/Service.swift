@@ -27,6 +27,8 @@ public struct Service: Sendable, Equatable {
     public var identityPassphraseFile: String?
     /// The ssh-agent socket path; `nil` means no agent.
     public var identityAgent: String?
+    /// A file holding the login password, for `password` and `keyboard-interactive` login.
+    public var passwordFile: String?
     /// known_hosts files, read in order.
     public var knownHosts: [String]
     /// What to do with an unknown host key.
@@ -64,7 +66,7 @@ public struct Service: Sendable, Equatable {
         name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [],
         isSocks: Bool = false, permit: [PermitRule] = [], server: Endpoint,
         user: String, target: Endpoint, identities: [String] = [],
-        identityPassphraseFile: String? = nil, identityAgent: String? = nil,
+        identityPassphraseFile: String? = nil, identityAgent: String? = nil, passwordFile: String? = nil,
         knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
         fingerprint: String? = nil, linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4,
         probeInterval: Double? = nil,
@@ -85,6 +87,7 @@ public struct Service: Sendable, Equatable {
         self.identities = identities
         self.identityPassphraseFile = identityPassphraseFile
         self.identityAgent = identityAgent
+        self.passwordFile = passwordFile
         self.knownHosts = knownHosts
         self.hostKeyPolicy = hostKeyPolicy
         self.fingerprint = fingerprint
@@ -113,7 +116,7 @@ public struct Service: Sendable, Equatable {
     public var sessionKey: SessionKey {
         SessionKey(
             server: server, user: user, identities: identities,
-            identityPassphraseFile: identityPassphraseFile, identityAgent: identityAgent,
+            identityPassphraseFile: identityPassphraseFile, identityAgent: identityAgent, passwordFile: passwordFile,
             knownHosts: knownHosts, hostKeyPolicy: hostKeyPolicy, fingerprint: fingerprint)
     }
 }
@@ -190,6 +193,7 @@ public struct SessionKey: Sendable, Hashable {
     public var identities: [String]
     public var identityPassphraseFile: String?
     public var identityAgent: String?
+    public var passwordFile: String?
     public var knownHosts: [String]
     public var hostKeyPolicy: HostKeyPolicy
     public var fingerprint: String?

@@ -100,6 +100,8 @@ struct ServiceBuilder {
         }
         let passphraseFile = values["identity_passphrase_file"] != nil ? single("identity_passphrase_file").map { expand($0, home: home, attribute: "identity_passphrase_file") } : nil
         if let passphraseFile { checkSecretFile(passphraseFile, attribute: "identity_passphrase_file") }
+        let passwordFile = values["password_file"] != nil ? single("password_file").map { expand($0, home: home, attribute: "password_file") } : nil
+        if let passwordFile { checkSecretFile(passwordFile, attribute: "password_file") }
         var agent = environment.agentSocket
         if values["identity_agent"] != nil, let text = single("identity_agent") {
             agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
@@ -150,7 +152,7 @@ struct ServiceBuilder {
             alsoListen: alsoListenHosts.map { Endpoint(host: $0, port: port) }, isSocks: isSocks, permit: permit,
             server: Endpoint(host: sshHost, port: sshPort), user: login, target: target,
             identities: identities, identityPassphraseFile: passphraseFile, identityAgent: agent,
-            knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
+            passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
             isPersistent: persistent, sessions: sessions, probeInterval: probeInterval, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
             logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
