@@ -61,6 +61,8 @@ public struct Service: Sendable, Equatable {
     public var logOnSuccess: Set<String>
     /// xinetd `log_on_failure` fields, upper-cased.
     public var logOnFailure: Set<String>
+    /// How `server` was resolved as an ssh_config Host alias (`ssh_config`), for `--check`.
+    public var sshConfig: SSHConfigResolution?
 
     public init(
         name: String, location: SourceLocation, listen: ListenAddress, alsoListen: [ListenAddress] = [],
@@ -73,7 +75,7 @@ public struct Service: Sendable, Equatable {
         keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10,
         instances: Int? = nil, perSource: Int? = nil, cps: ConnectionRate? = nil,
         onlyFrom: [AddressMatch]? = nil, noAccess: [AddressMatch] = [],
-        logOnSuccess: Set<String> = [], logOnFailure: Set<String> = []
+        logOnSuccess: Set<String> = [], logOnFailure: Set<String> = [], sshConfig: SSHConfigResolution? = nil
     ) {
         self.name = name
         self.location = location
@@ -104,6 +106,7 @@ public struct Service: Sendable, Equatable {
         self.noAccess = noAccess
         self.logOnSuccess = logOnSuccess
         self.logOnFailure = logOnFailure
+        self.sshConfig = sshConfig
     }
 
     /// The `target` of a SOCKS service, which has none of its own.
@@ -119,6 +122,22 @@ public struct Service: Sendable, Equatable {
             identityPassphraseFile: identityPassphraseFile, identityAgent: identityAgent, passwordFile: passwordFile,
             knownHosts: knownHosts, hostKeyPolicy: hostKeyPolicy, fingerprint: fingerprint)
     }
+}
+
+/// A Host alias resolved by OpenSSH (`ssh -G`), and where each setting of the service came from.
+public struct SSHConfigResolution: Sendable, Hashable {
+    /// One resolved setting: its tunneld name, its value, and `ssh_config`, `stanza` or `default`.
+    public struct Setting: Sendable, Hashable {
+        public var name: String
+        public var value: String
+        public var source: String
+    }
+
+    /// The alias written in `server`.
+    public var alias: String
+    /// The ssh_config file read.
+    public var file: String
+    public var settings: [Setting]
 }
 
 /// Where in the configuration something was written.

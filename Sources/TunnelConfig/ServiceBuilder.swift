@@ -89,10 +89,41 @@ struct ServiceBuilder {
         }
 
         // Where to go.
-        let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
+        var (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
+        let alias = sshHost
+        // With the command form's `user`, home is that account's; else ssh_config's home is HOME.
+        let configHome = home == environment.homeDirectory ? environment.sshConfigHome : home
+        let hostConfig = alias.flatMap { lookUpSSHConfig(alias: $0, home: configHome) }
+        var resolved: [SSHConfigResolution.Setting] = []
+        func record(_ name: String, _ value: String, fromFile: Bool, fromStanza: Bool) {
+            resolved.append(.init(name: name, value: value, source: fromFile ? "ssh_config" : fromStanza ? "stanza" : "default"))
+        }
+        if let (config, _) = hostConfig, let alias {
+            let written = values["server"].flatMap { $0.words.first }.flatMap(Self.serverAddress)
+            if let hostName = config.value("hostname") {
+                if let checked = ValueParser.host(hostName) {
+                    sshHost = checked
+                } else {
+                    error("ssh_config", "ssh_config gives HostName \(hostName) for \(alias), which is not a host name or address; fix the ssh_config file")
+                }
+            }
+            record("hostname", sshHost ?? alias, fromFile: config.value("hostname") != nil, fromStanza: true)
+            let portFromFile = written?.port == nil ? config.value("port").flatMap { UInt16($0) } : nil
+            if let portFromFile { sshPort = portFromFile }
+            record("port", String(sshPort), fromFile: portFromFile != nil, fromStanza: written?.port != nil)
+            let userFromFile = values["user"] == nil && written?.user == nil ? config.value("user") : nil
+            if let userFromFile { login = userFromFile }
+            record("user", login, fromFile: userFromFile != nil, fromStanza: values["user"] != nil || written?.user != nil)
+        }
 
         // Keys and host keys.
         var identities = resolveIdentities(home: home) + commandIdentities.map { expand($0, home: home, attribute: "server_args") }
+        if identities.isEmpty, let (config, _) = hostConfig, let files = config["identityfile"] {
+            let paths = files.compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
+            // As ssh does, files that do not exist are skipped.
+            identities = paths.filter { FileManager.default.fileExists(atPath: $0) }
+        }
+        let identitiesFromFile = hostConfig != nil && values["identity"] == nil && commandIdentities.isEmpty && !identities.isEmpty
         if identities.isEmpty {
             identities = ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"]
         } else {
@@ -107,13 +138,32 @@ struct ServiceBuilder {
             agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
         }
         var knownHosts = values["known_hosts"]?.words.map { expand($0, home: home, attribute: "known_hosts") } ?? []
+        var knownHostsFromFile = false
+        if knownHosts.isEmpty, let (config, _) = hostConfig, let files = config["userknownhostsfile"] {
+            knownHosts = files.flatMap { $0.split(separator: " ").map(String.init) }
+                .compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
+            knownHostsFromFile = !knownHosts.isEmpty
+        }
         if knownHosts.isEmpty { knownHosts = ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"] }
         var policy = HostKeyPolicy.strict
+        var policyFromFile = false
         if values["host_key"] != nil, let text = single("host_key") {
             if let value = HostKeyPolicy(rawValue: text.lowercased()) {
                 policy = value
             } else {
                 error("host_key", "host_key '\(text)' is not strict or accept-new")
+            }
+        } else if let (config, _) = hostConfig, let text = config.value("stricthostkeychecking") {
+            switch text.lowercased() {
+            case "yes", "true": policyFromFile = true
+            case "accept-new":
+                policy = .acceptNew
+                policyFromFile = true
+            case "no", "off", "false":
+                warning("ssh_config", "ssh_config sets StrictHostKeyChecking \(text) for \(alias ?? ""); tunneld never accepts a changed host key, so it uses accept-new; set host_key to say so")
+                policy = .acceptNew
+                policyFromFile = true
+            default: break
             }
         }
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
@@ -122,8 +172,29 @@ struct ServiceBuilder {
         let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
         let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
-        let keepalive = resolveKeepalive()
-        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
+        var keepalive = resolveKeepalive()
+        var connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
+        var keepaliveFromFile = false
+        var connectTimeoutFromFile = false
+        if let (config, _) = hostConfig {
+            if values["connect_timeout"] == nil, let seconds = config.value("connecttimeout").flatMap(Int.init), (1...600).contains(seconds) {
+                connectTimeout = Double(seconds)
+                connectTimeoutFromFile = true
+            }
+            if values["keepalive"] == nil {
+                let interval = config.value("serveraliveinterval").flatMap(Int.init).flatMap { (1...3600).contains($0) ? Double($0) : nil }
+                let count = config.value("serveralivecountmax").flatMap(Int.init).flatMap { (1...100).contains($0) ? $0 : nil }
+                if interval != nil || count != nil {
+                    keepalive = Keepalive(interval: interval ?? keepalive.interval, count: count ?? keepalive.count)
+                    keepaliveFromFile = true
+                }
+            }
+            record("identity", identities.joined(separator: " "), fromFile: identitiesFromFile, fromStanza: values["identity"] != nil)
+            record("known_hosts", knownHosts.joined(separator: " "), fromFile: knownHostsFromFile, fromStanza: values["known_hosts"] != nil)
+            record("host_key", policy.rawValue, fromFile: policyFromFile, fromStanza: values["host_key"] != nil)
+            record("connect_timeout", CheckReport.seconds(connectTimeout), fromFile: connectTimeoutFromFile, fromStanza: values["connect_timeout"] != nil)
+            record("keepalive", "\(CheckReport.seconds(keepalive.interval)) \(keepalive.count)", fromFile: keepaliveFromFile, fromStanza: values["keepalive"] != nil)
+        }
         var probeInterval = values["probe"] == nil ? nil : parse("probe") { ValueParser.seconds($0, allowZero: false, atMost: .day) }
         if probeInterval != nil && !persistent {
             warning("probe", "probe works with persistent = yes only (a probe would keep the session up); it is ignored")
@@ -155,7 +226,8 @@ struct ServiceBuilder {
             passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint, linger: linger,
             isPersistent: persistent, sessions: sessions, probeInterval: probeInterval, keepalive: keepalive, connectTimeout: connectTimeout,
             instances: instances, perSource: perSource, cps: cps, onlyFrom: onlyFrom, noAccess: noAccess,
-            logOnSuccess: logOnSuccess, logOnFailure: logOnFailure)
+            logOnSuccess: logOnSuccess, logOnFailure: logOnFailure,
+            sshConfig: hostConfig.map { SSHConfigResolution(alias: alias ?? "", file: $0.file, settings: resolved) })
         checkKnownHosts(service)
         return .built(service)
     }
@@ -357,6 +429,69 @@ struct ServiceBuilder {
         if let v4 = ValueParser.ipv4(host) { return v4[0] == 127 }
         if let v6 = ValueParser.ipv6(host) { return v6 == [UInt8](repeating: 0, count: 15) + [1] }
         return false
+    }
+
+    // MARK: ssh_config
+
+    /// With `ssh_config = yes` (or a path), what OpenSSH says about the alias in `server`:
+    /// `ssh -G`, reading `~/.ssh/config` of `home` (HOME, or run_as's home) or the file given.
+    /// nil without ssh_config, or with an error recorded.
+    private mutating func lookUpSSHConfig(alias: String, home: String) -> (SSHConfigHost, file: String)? {
+        guard values["ssh_config"] != nil, let text = single("ssh_config") else { return nil }
+        if case .success(false) = ValueParser.flag(text) { return nil }
+        if let serverText = values["server"]?.words.first, XinetdCommand.isSSHCommand(serverText) {
+            error("ssh_config", "ssh_config resolves a Host alias in server = HOST; the command form (server = \(serverText)) has no alias; remove ssh_config")
+            return nil
+        }
+        let isDefault = ValueParser.flag(text) == .success(true)
+        let file = isDefault ? home + "/.ssh/config" : expand(text, home: home, attribute: "ssh_config")
+        guard FileManager.default.isReadableFile(atPath: file) else {
+            error("ssh_config", isDefault
+                ? "ssh_config = yes reads \(file), which does not exist or cannot be read; create it, or set ssh_config = PATH"
+                : "ssh_config \(file) does not exist or cannot be read; fix the path")
+            return nil
+        }
+        switch SSHConfigLookup.resolve(alias: alias, file: file, home: home, ssh: environment.sshProgram) {
+        case .failure(let message):
+            error("ssh_config", "ssh_config: \(message.text)")
+            return nil
+        case .success(let host):
+            if let jump = host.value("proxyjump") ?? host.value("proxycommand") {
+                let keyword = host.value("proxyjump") != nil ? "ProxyJump" : "ProxyCommand"
+                error("ssh_config", "ssh_config gives \(alias) \(keyword) \(jump), and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
+                return nil
+            }
+            return (host, file)
+        }
+    }
+
+    /// A path from ssh -G (IdentityFile, UserKnownHostsFile) with `~` and ssh's `%d %h %p %r
+    /// %u %%` tokens expanded; nil, with an error, for a token tunneld does not know.
+    private mutating func sshConfigPath(_ path: String, home: String, host: String, port: UInt16, user: String) -> String? {
+        var result = ""
+        var rest = Substring(path)
+        if rest == "~" || rest.hasPrefix("~/") {
+            result = home
+            rest = rest.dropFirst()
+        }
+        while let percent = rest.firstIndex(of: "%") {
+            result += rest[..<percent]
+            let token = rest.index(after: percent)
+            guard token < rest.endIndex else { break }
+            switch rest[token] {
+            case "d": result += home
+            case "h": result += host
+            case "p": result += String(port)
+            case "r": result += user
+            case "u": result += environment.userName
+            case "%": result += "%"
+            default:
+                error("ssh_config", "ssh_config path \(path) holds %\(rest[token]), which tunneld does not expand (it knows %d %h %p %r %u %%); write the path out")
+                return nil
+            }
+            rest = rest[rest.index(after: token)...]
+        }
+        return result + rest
     }
 
     // MARK: Files
