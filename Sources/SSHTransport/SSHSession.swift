@@ -284,16 +284,31 @@ public final class SSHSession {
     }
 }
 
-/// The libssh2 send callback: hands the bytes to the session's outgoing buffer.
+/// The libssh2 send callback: hands the bytes to the session's outgoing buffer. libssh2 1.10
+/// also sends ssh-agent requests through it, on the agent's socket: those go to that socket.
 private let sessionSend: @convention(c) (libssh2_socket_t, UnsafeRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
-    _, buffer, length, _, abstract in
+    socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
+    guard socket == session.socket else { return otherSocketCall { Glibc.send(socket, buffer, length, flags | Int32(MSG_NOSIGNAL)) } }
     return session.transportSend(buffer!, length)
 }
 
-/// The libssh2 receive callback: reads the socket and notes when bytes arrived.
+/// The libssh2 receive callback: reads the socket and notes when bytes arrived. ssh-agent
+/// replies (another socket) are read from their own socket.
 private let sessionReceive: @convention(c) (libssh2_socket_t, UnsafeMutableRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
-    _, buffer, length, _, abstract in
+    socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
+    guard socket == session.socket else { return otherSocketCall { Glibc.recv(socket, buffer, length, flags) } }
     return session.transportReceive(buffer!, length)
+}
+
+/// A send or recv on a socket that is not the session's (the ssh-agent's), retried on EINTR,
+/// returning -errno on failure as libssh2 expects of a callback.
+private func otherSocketCall(_ call: () -> Int) -> Int {
+    while true {
+        let result = call()
+        if result >= 0 { return result }
+        if errno == EINTR { continue }
+        return -Int(errno)
+    }
 }

@@ -26,7 +26,7 @@ final class PasswordTests: XCTestCase {
     }
 
     /// A service logging in as the test account with the password in a 0600 file holding `secret`.
-    private func start(_ sshd: SSHServer, target: UInt16, secret: String, arguments: [String] = []) throws -> (TunneldProcess, UInt16, String) {
+    private func start(_ sshd: SSHServer, target: UInt16, secret: String, arguments: [String] = [], agent: String = "none") throws -> (TunneldProcess, UInt16, String) {
         let file = secrets.write("password", secret + "\n", mode: 0o600)
         let port = TCP.freePort()
         let tunneld = try TunneldProcess(stanzas: ["pw": """
@@ -36,7 +36,7 @@ final class PasswordTests: XCTestCase {
                 server          = \(account!)@127.0.0.1:\(sshd.port)
                 server_args     = 127.0.0.1 \(target)
                 password_file   = \(file)
-                identity_agent  = none
+                identity_agent  = \(agent)
                 known_hosts     = \(sshd.knownHosts)
                 connect_timeout = 5
                 linger          = 0
@@ -103,5 +103,21 @@ final class PasswordTests: XCTestCase {
         let lines = wrong.connectionLines(containing: "ssh-failed")
         XCTAssertEqual(lines.count, 1, wrong.log)
         XCTAssertTrue(lines.first?.contains("refused the password of \(account!) in \(file); fix the password file") == true, wrong.log)
+    }
+
+    func testPublicKeysInTheAgentComeBeforeThePassword() throws {
+        // sshd's AuthorizedKeysFile is one file for every account: the test key logs in as the throwaway account too.
+        let sshd = try SSHServer(passwordLogins: true)
+        let echo = try EchoServer()
+        let socket = secrets.file("agent.sock")
+        let agent = try ChildProcess("/usr/bin/ssh-agent", ["-D", "-a", socket], output: secrets.file("agent.out"), error: secrets.file("agent.err"))
+        defer { agent.signal(SIGTERM) }
+        XCTAssertTrue(waitUntil(timeout: 5) { FileManager.default.fileExists(atPath: socket) })
+        let added = try runProgram("/usr/bin/ssh-add", [sshd.userKey], environment: ["SSH_AUTH_SOCK": socket])
+        XCTAssertEqual(added.status, 0, added.error)
+        let (tunneld, port, _) = try start(sshd, target: echo.port, secret: "Not-the-password-8812", agent: socket)
+        XCTAssertEqual(try TCP.exchange(port: port, Array("by agent".utf8)), Array("by agent".utf8), tunneld.log + sshd.log)
+        XCTAssertTrue(sshd.log.contains("Accepted publickey for \(account!)"), sshd.log)
+        XCTAssertEqual(sshd.failedPasswords(), 0, "the password is not tried once a key is accepted:\n\(sshd.log)")
     }
 }
