@@ -19,6 +19,8 @@ public final class SSHSession {
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
     private var isKeepaliveConfigured = false
+    /// The password a keyboard-interactive login under way answers with.
+    var keyboardInteractive: KeyboardInteractiveState?
 
     /// Wraps a connected, non-blocking socket. The session owns the socket from here on.
     public init(socket: Int32) throws {
@@ -288,11 +290,7 @@ public final class SSHSession {
 private let sessionSend: @convention(c) (libssh2_socket_t, UnsafeRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
     socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
-    guard socket == session.socket else {
-        AgentSocket.bound(socket)
-        let sent = Glibc.send(socket, buffer, length, flags | Int32(MSG_NOSIGNAL))
-        return sent >= 0 ? sent : -Int(errno)
-    }
+    guard socket == session.socket else { return AgentSocket.call(socket) { Glibc.send(socket, buffer, length, flags | Int32(MSG_NOSIGNAL)) } }
     return session.transportSend(buffer!, length)
 }
 
@@ -301,11 +299,7 @@ private let sessionSend: @convention(c) (libssh2_socket_t, UnsafeRawPointer?, In
 private let sessionReceive: @convention(c) (libssh2_socket_t, UnsafeMutableRawPointer?, Int, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Int = {
     socket, buffer, length, flags, abstract in
     let session = Unmanaged<SSHSession>.fromOpaque(abstract!.pointee!).takeUnretainedValue()
-    guard socket == session.socket else {
-        AgentSocket.bound(socket)
-        let received = Glibc.recv(socket, buffer, length, flags)
-        return received >= 0 ? received : -Int(errno)
-    }
+    guard socket == session.socket else { return AgentSocket.call(socket) { Glibc.recv(socket, buffer, length, flags) } }
     return session.transportReceive(buffer!, length)
 }
 
@@ -314,10 +308,17 @@ enum AgentSocket {
     /// How long one read or write to the agent may block.
     static let timeout = timeval(tv_sec: 5, tv_usec: 0)
 
-    /// Bounds every blocking read and write on `fd`.
-    static func bound(_ fd: Int32) {
+    /// A send or recv on the agent's socket `fd`, bounded by `timeout`, retried on EINTR,
+    /// returning -errno on failure as libssh2 expects of a callback.
+    static func call(_ fd: Int32, _ operation: () -> Int) -> Int {
         var value = timeout
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        while true {
+            let result = operation()
+            if result >= 0 { return result }
+            if errno == EINTR { continue }
+            return -Int(errno)
+        }
     }
 }

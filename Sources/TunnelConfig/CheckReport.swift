@@ -42,7 +42,17 @@ public struct CheckReport: Sendable {
             if let account = configuration.globals.runAs { lines.append("keys and known_hosts are read as \(account) (run_as):") }
             for service in services {
                 let agent = service.identityAgent.map { "agent \($0); " } ?? ""
-                lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " ")); known_hosts \(service.knownHosts.joined(separator: " "))")
+                let password = service.passwordFile.map { "; password_file \($0)" } ?? ""
+                lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " "))\(password); known_hosts \(service.knownHosts.joined(separator: " "))")
+            }
+            // Host aliases resolved by ssh -G, and where each setting came from.
+            for service in services {
+                guard let resolution = service.sshConfig else { continue }
+                lines.append("")
+                lines.append("\(service.name): server \(resolution.alias) resolved by ssh -G -F \(resolution.file):")
+                for setting in resolution.settings {
+                    lines.append("  \(setting.name) \(setting.value) (\(setting.source))")
+                }
             }
         }
         let errors = configuration.diagnostics.filter { $0.severity == .error }.count
@@ -56,12 +66,14 @@ public struct CheckReport: Sendable {
         return lines.map { ControlCharacters.escaped($0) }.joined(separator: "\n") + "\n"
     }
 
+    /// Seconds as written: `5`, `0.5`.
+    static func seconds(_ value: Double) -> String {
+        value == value.rounded() ? String(Int(value)) : String(value)
+    }
+
     /// The settings of `service` that differ from the defaults, as `name=value`.
     static func options(of service: Service) -> [String] {
         var options: [String] = []
-        func seconds(_ value: Double) -> String {
-            value == value.rounded() ? String(Int(value)) : String(value)
-        }
         for address in service.alsoListen { options.append("also=\(address)") }
         if !service.permit.isEmpty { options.append("permit(\(service.permit.count))") }
         if service.isPersistent { options.append("persistent") }

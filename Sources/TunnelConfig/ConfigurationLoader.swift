@@ -18,13 +18,20 @@ public struct ConfigurationLoader: Sendable {
         public var passwordFile: String
         /// Matches hashed known_hosts names when `--check` looks for a server's key.
         public var hostNameHasher: HostNameHasher?
+        /// OpenSSH's ssh, which resolves Host aliases for `ssh_config` (`ssh -G`).
+        public var sshProgram: String
+        /// The home whose `~/.ssh/config` `ssh_config = yes` reads, and with which `~` in it is
+        /// expanded: `$HOME` (Foundation ignores it for root), or run_as's home.
+        public var sshConfigHome: String
 
         public init(
             userName: String, homeDirectory: String, agentSocket: String?,
             servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd",
-            hostNameHasher: HostNameHasher? = nil
+            hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil
         ) {
             self.hostNameHasher = hostNameHasher
+            self.sshProgram = sshProgram
+            self.sshConfigHome = sshConfigHome ?? homeDirectory
             self.userName = userName
             self.homeDirectory = homeDirectory
             self.agentSocket = agentSocket
@@ -207,6 +214,7 @@ public struct ConfigurationLoader: Sendable {
         if let account = configuration.globals.runAs, let home = environment.homeDirectory(of: account) {
             serviceEnvironment.userName = account
             serviceEnvironment.homeDirectory = home
+            serviceEnvironment.sshConfigHome = home
             serviceEnvironment.agentSocket = nil
         }
 
@@ -314,6 +322,7 @@ extension ConfigurationLoader.Environment {
     /// The environment of the account this process runs as.
     public static var current: Self {
         let env = ProcessInfo.processInfo.environment
-        return Self(userName: env["USER"] ?? NSUserName(), homeDirectory: NSHomeDirectory(), agentSocket: env["SSH_AUTH_SOCK"])
+        let home = env["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil }
+        return Self(userName: env["USER"] ?? NSUserName(), homeDirectory: NSHomeDirectory(), agentSocket: env["SSH_AUTH_SOCK"], sshConfigHome: home)
     }
 }

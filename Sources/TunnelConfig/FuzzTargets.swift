@@ -7,7 +7,9 @@ public enum FuzzTargets {
         guard bytes.count < 1 << 20, let text = String(validating: bytes, as: UTF8.self) else { return }
         let parsed = Parser.parse(text, file: "fuzz")
         let environment = ConfigurationLoader.Environment(userName: "fuzz", homeDirectory: "/nonexistent", agentSocket: nil,
-                                                          servicesFile: "/nonexistent", passwordFile: "/nonexistent")
+                                                          servicesFile: "/nonexistent", passwordFile: "/nonexistent",
+                                                          // ssh_config must not start processes while fuzzing.
+                                                          sshProgram: "/nonexistent")
         let names = ServiceNames(path: "/nonexistent")
         var defaults = AttributeValues()
         for case .defaults(let assignments, _) in parsed.items {

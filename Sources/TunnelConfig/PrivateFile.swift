@@ -24,9 +24,16 @@ public enum PrivateFile {
     /// The passphrase an `identity_passphrase_file` holds: its text without the one line end
     /// (`\n` or `\r\n`) an editor puts after it. Throws `FileProblem` naming the file.
     public static func readPassphrase(_ path: String) throws -> String {
-        if let problem = problem(path, attribute: "identity_passphrase_file") { throw FileProblem(problem) }
+        try readSecret(path, attribute: "identity_passphrase_file")
+    }
+
+    /// The secret a file named by `attribute` (`identity_passphrase_file`, `password_file`)
+    /// holds: its text without the one line end (`\n` or `\r\n`) an editor puts after it.
+    /// Throws `FileProblem` naming the attribute and the file, never the secret.
+    public static func readSecret(_ path: String, attribute: String) throws -> String {
+        if let problem = problem(path, attribute: attribute) { throw FileProblem(problem) }
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw FileProblem("identity_passphrase_file \(path) cannot be read: \(errorText())")
+            throw FileProblem("\(attribute) \(path) cannot be read: \(errorText())")
         }
         // Bytes, not Characters: Swift reads "\r\n" as one Character that is neither "\r" nor "\n".
         var bytes = [UInt8](data)
@@ -35,7 +42,7 @@ public enum PrivateFile {
             if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
         }
         guard let text = String(bytes: bytes, encoding: .utf8) else {
-            throw FileProblem("identity_passphrase_file \(path) is not UTF-8 text")
+            throw FileProblem("\(attribute) \(path) is not UTF-8 text")
         }
         return text
     }

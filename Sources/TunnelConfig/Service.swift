@@ -16,12 +16,15 @@ public struct Service: Sendable, Equatable {
     public var limits: Limits
     public var access: AccessRules
     public var logFields: LogFields
+    /// How `server` was resolved as an ssh_config Host alias (`ssh_config`), for `--check`.
+    public var sshConfig: SSHConfigResolution?
 
     public init(
         name: String, location: SourceLocation, listening: Listening, route: Route, forwarding: Forwarding,
         policy: SessionPolicy = SessionPolicy(), limits: Limits = Limits(), access: AccessRules = AccessRules(),
-        logFields: LogFields = LogFields()
+        logFields: LogFields = LogFields(), sshConfig: SSHConfigResolution? = nil
     ) {
+        self.sshConfig = sshConfig
         self.name = name
         self.location = location
         self.listening = listening
@@ -44,6 +47,7 @@ public struct Service: Sendable, Equatable {
     public var identities: [String] { get { route.identities } set { route.identities = newValue } }
     public var identityPassphraseFile: String? { get { route.identityPassphraseFile } set { route.identityPassphraseFile = newValue } }
     public var identityAgent: String? { get { route.identityAgent } set { route.identityAgent = newValue } }
+    public var passwordFile: String? { get { route.passwordFile } set { route.passwordFile = newValue } }
     public var knownHosts: [String] { get { route.knownHosts } set { route.knownHosts = newValue } }
     public var hostKeyPolicy: HostKeyPolicy { get { route.hostKeyPolicy } set { route.hostKeyPolicy = newValue } }
     public var fingerprint: String? { get { route.fingerprint } set { route.fingerprint = newValue } }
@@ -70,6 +74,22 @@ public struct Service: Sendable, Equatable {
 
     /// The services that may share one SSH session: same route (server, login, keys and host-key rules).
     public var sessionKey: SessionKey { route }
+}
+
+/// A Host alias resolved by OpenSSH (`ssh -G`), and where each setting of the service came from.
+public struct SSHConfigResolution: Sendable, Hashable {
+    /// One resolved setting: its tunneld name, its value, and `ssh_config`, `stanza` or `default`.
+    public struct Setting: Sendable, Hashable {
+        public var name: String
+        public var value: String
+        public var source: String
+    }
+
+    /// The alias written in `server`.
+    public var alias: String
+    /// The ssh_config file read.
+    public var file: String
+    public var settings: [Setting]
 }
 
 /// Where in the configuration something was written.

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The parts a `Service` is composed of, each built from its attributes in one place.
 extension ServiceBuilder {
     /// `port`, `bind` (or xinetd's `interface`) and the address family flags.
@@ -34,12 +36,40 @@ extension ServiceBuilder {
     /// `bind`, or xinetd's name for it.
     var bindAttribute: String { values["bind"] != nil ? "bind" : "interface" }
 
-    /// `server`, `user`, `server_args` (or the xinetd command form), keys and host key rules,
-    /// `type = SOCKS` and `permit`.
+    /// `server`, `user`, `server_args` (or the xinetd command form), `ssh_config`, keys,
+    /// password and host key rules, `type = SOCKS` and `permit`.
     mutating func buildRouteAndForwarding() -> (Route?, Forwarding?) {
-        let (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
+        var (sshHost, sshPort, login, home, commandIdentities, target) = resolveServerAndTarget()
+        let alias = sshHost
+        // With the command form's `user`, home is that account's; else ssh_config's home is HOME.
+        let configHome = home == environment.homeDirectory ? environment.sshConfigHome : home
+        sshConfigHost = alias.flatMap { lookUpSSHConfig(alias: $0, home: configHome) }
+        sshConfigAlias = alias
+        if let (config, _) = sshConfigHost, let alias {
+            let written = values["server"].flatMap { $0.words.first }.flatMap(Self.serverAddress)
+            if let hostName = config.value("hostname") {
+                if let checked = ValueParser.host(hostName) {
+                    sshHost = checked
+                } else {
+                    error("ssh_config", "ssh_config gives HostName \(hostName) for \(alias), which is not a host name or address; fix the ssh_config file")
+                }
+            }
+            recordSSHConfig("hostname", sshHost ?? alias, fromFile: config.value("hostname") != nil, fromStanza: true)
+            let portFromFile = written?.port == nil ? config.value("port").flatMap { UInt16($0) } : nil
+            if let portFromFile { sshPort = portFromFile }
+            recordSSHConfig("port", String(sshPort), fromFile: portFromFile != nil, fromStanza: written?.port != nil)
+            let userFromFile = values["user"] == nil && written?.user == nil ? config.value("user") : nil
+            if let userFromFile { login = userFromFile }
+            recordSSHConfig("user", login, fromFile: userFromFile != nil, fromStanza: values["user"] != nil || written?.user != nil)
+        }
 
         var identities = resolveIdentities(home: home) + commandIdentities.map { expand($0, home: home, attribute: "server_args") }
+        if identities.isEmpty, let (config, _) = sshConfigHost, let files = config["identityfile"] {
+            let paths = files.compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
+            // As ssh does, files that do not exist are skipped.
+            identities = paths.filter { FileManager.default.fileExists(atPath: $0) }
+        }
+        let identitiesFromFile = sshConfigHost != nil && values["identity"] == nil && commandIdentities.isEmpty && !identities.isEmpty
         if identities.isEmpty {
             identities = ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"]
         } else {
@@ -47,28 +77,59 @@ extension ServiceBuilder {
         }
         let passphraseFile = values["identity_passphrase_file"] != nil ? single("identity_passphrase_file").map { expand($0, home: home, attribute: "identity_passphrase_file") } : nil
         if let passphraseFile { checkSecretFile(passphraseFile, attribute: "identity_passphrase_file") }
+        let passwordFile = values["password_file"] != nil ? single("password_file").map { expand($0, home: home, attribute: "password_file") } : nil
+        if let passwordFile { checkSecretFile(passwordFile, attribute: "password_file") }
         var agent = environment.agentSocket
         if values["identity_agent"] != nil, let text = single("identity_agent") {
             agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
         }
         var knownHosts = values["known_hosts"]?.words.map { expand($0, home: home, attribute: "known_hosts") } ?? []
+        var knownHostsFromFile = false
+        if knownHosts.isEmpty, let (config, _) = sshConfigHost, let files = config["userknownhostsfile"] {
+            knownHosts = files.flatMap { $0.split(separator: " ").map(String.init) }
+                .compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
+            knownHostsFromFile = !knownHosts.isEmpty
+        }
         if knownHosts.isEmpty { knownHosts = ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"] }
         var policy = HostKeyPolicy.strict
+        var policyFromFile = false
         if values["host_key"] != nil, let text = single("host_key") {
             if let value = HostKeyPolicy(rawValue: text.lowercased()) {
                 policy = value
             } else {
                 error("host_key", "host_key '\(text)' is not strict or accept-new")
             }
+        } else if let (config, _) = sshConfigHost, let text = config.value("stricthostkeychecking") {
+            switch text.lowercased() {
+            case "yes", "true": policyFromFile = true
+            case "accept-new":
+                policy = .acceptNew
+                policyFromFile = true
+            case "no", "off", "false":
+                warning("ssh_config", "ssh_config sets StrictHostKeyChecking \(text) for \(alias ?? ""); tunneld never accepts a changed host key, so it uses accept-new; set host_key to say so")
+                policy = .acceptNew
+                policyFromFile = true
+            default: break
+            }
+        }
+        if sshConfigHost != nil {
+            recordSSHConfig("identity", identities.joined(separator: " "), fromFile: identitiesFromFile, fromStanza: values["identity"] != nil)
+            recordSSHConfig("known_hosts", knownHosts.joined(separator: " "), fromFile: knownHostsFromFile, fromStanza: values["known_hosts"] != nil)
+            recordSSHConfig("host_key", policy.rawValue, fromFile: policyFromFile, fromStanza: values["host_key"] != nil)
         }
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
         let permit = resolvePermit()
 
         let route = sshHost.map { host in
             Route(server: Endpoint(host: host, port: sshPort), user: login, identities: identities, identityPassphraseFile: passphraseFile,
-                  identityAgent: agent, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint)
+                  identityAgent: agent, passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint)
         }
         return (route, target.map { Forwarding(target: $0, isSocks: isSocks, permit: permit) })
+    }
+
+    /// Notes where a setting of an ssh_config service came from, for `--check`.
+    private mutating func recordSSHConfig(_ name: String, _ value: String, fromFile: Bool, fromStanza: Bool) {
+        sshConfigSettings.append(.init(name: name, value: value, source: fromFile ? "ssh_config" : fromStanza ? "stanza" : "default"))
     }
 
     /// `linger`, `persistent`, `sessions`, `keepalive`, `connect_timeout`, `probe`.
@@ -76,8 +137,26 @@ extension ServiceBuilder {
         let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
         let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
-        let keepalive = resolveKeepalive()
-        let connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
+        var keepalive = resolveKeepalive()
+        var connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
+        if let (config, _) = sshConfigHost {
+            var keepaliveFromFile = false
+            var connectTimeoutFromFile = false
+            if values["connect_timeout"] == nil, let seconds = config.value("connecttimeout").flatMap(Int.init), (1...600).contains(seconds) {
+                connectTimeout = Double(seconds)
+                connectTimeoutFromFile = true
+            }
+            if values["keepalive"] == nil {
+                let interval = config.value("serveraliveinterval").flatMap(Int.init).flatMap { (1...3600).contains($0) ? Double($0) : nil }
+                let count = config.value("serveralivecountmax").flatMap(Int.init).flatMap { (1...100).contains($0) ? $0 : nil }
+                if interval != nil || count != nil {
+                    keepalive = Keepalive(interval: interval ?? keepalive.interval, count: count ?? keepalive.count)
+                    keepaliveFromFile = true
+                }
+            }
+            recordSSHConfig("connect_timeout", CheckReport.seconds(connectTimeout), fromFile: connectTimeoutFromFile, fromStanza: values["connect_timeout"] != nil)
+            recordSSHConfig("keepalive", "\(CheckReport.seconds(keepalive.interval)) \(keepalive.count)", fromFile: keepaliveFromFile, fromStanza: values["keepalive"] != nil)
+        }
         var probeInterval = values["probe"] == nil ? nil : parse("probe") { ValueParser.seconds($0, allowZero: false, atMost: .day) }
         if probeInterval != nil && !persistent {
             warning("probe", "probe works with persistent = yes only (a probe would keep the session up); it is ignored")

@@ -11,6 +11,11 @@ struct ServiceBuilder {
 
     private(set) var diagnostics: [Diagnostic] = []
     private(set) var hasError = false
+    /// With `ssh_config`: what OpenSSH said about the alias in `server`, and where each
+    /// setting came from, for `--check`. Set while the route is built; read by the policy.
+    var sshConfigHost: (host: SSHConfigHost, file: String)?
+    var sshConfigAlias: String?
+    var sshConfigSettings: [SSHConfigResolution.Setting] = []
 
     init(name: String, location: SourceLocation, values: AttributeValues, environment: ConfigurationLoader.Environment, names: ServiceNames) {
         self.name = name
@@ -68,9 +73,10 @@ struct ServiceBuilder {
         let access = buildAccess(listeningOn: listening?.address.host ?? "127.0.0.1")
         let logFields = LogFields(onSuccess: resolveLogFields("log_on_success"), onFailure: resolveLogFields("log_on_failure"))
         guard !hasError, let listening, let route, let forwarding else { return .failed }
+        let sshConfig = sshConfigHost.map { SSHConfigResolution(alias: sshConfigAlias ?? "", file: $0.file, settings: sshConfigSettings) }
         let service = Service(
             name: name, location: location, listening: listening, route: route, forwarding: forwarding,
-            policy: policy, limits: limits, access: access, logFields: logFields)
+            policy: policy, limits: limits, access: access, logFields: logFields, sshConfig: sshConfig)
         checkKnownHosts(service)
         return .built(service)
     }
@@ -272,6 +278,69 @@ struct ServiceBuilder {
         if let v4 = ValueParser.ipv4(host) { return v4[0] == 127 }
         if let v6 = ValueParser.ipv6(host) { return v6 == [UInt8](repeating: 0, count: 15) + [1] }
         return false
+    }
+
+    // MARK: ssh_config
+
+    /// With `ssh_config = yes` (or a path), what OpenSSH says about the alias in `server`:
+    /// `ssh -G`, reading `~/.ssh/config` of `home` (HOME, or run_as's home) or the file given.
+    /// nil without ssh_config, or with an error recorded.
+    mutating func lookUpSSHConfig(alias: String, home: String) -> (SSHConfigHost, file: String)? {
+        guard values["ssh_config"] != nil, let text = single("ssh_config") else { return nil }
+        if case .success(false) = ValueParser.flag(text) { return nil }
+        if let serverText = values["server"]?.words.first, XinetdCommand.isSSHCommand(serverText) {
+            error("ssh_config", "ssh_config resolves a Host alias in server = HOST; the command form (server = \(serverText)) has no alias; remove ssh_config")
+            return nil
+        }
+        let isDefault = ValueParser.flag(text) == .success(true)
+        let file = isDefault ? home + "/.ssh/config" : expand(text, home: home, attribute: "ssh_config")
+        guard FileManager.default.isReadableFile(atPath: file) else {
+            error("ssh_config", isDefault
+                ? "ssh_config = yes reads \(file), which does not exist or cannot be read; create it, or set ssh_config = PATH"
+                : "ssh_config \(file) does not exist or cannot be read; fix the path")
+            return nil
+        }
+        switch SSHConfigLookup.resolve(alias: alias, file: file, home: home, ssh: environment.sshProgram) {
+        case .failure(let message):
+            error("ssh_config", "ssh_config: \(message.text)")
+            return nil
+        case .success(let host):
+            if let jump = host.value("proxyjump") ?? host.value("proxycommand") {
+                let keyword = host.value("proxyjump") != nil ? "ProxyJump" : "ProxyCommand"
+                error("ssh_config", "ssh_config gives \(alias) \(keyword) \(jump), and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
+                return nil
+            }
+            return (host, file)
+        }
+    }
+
+    /// A path from ssh -G (IdentityFile, UserKnownHostsFile) with `~` and ssh's `%d %h %p %r
+    /// %u %%` tokens expanded; nil, with an error, for a token tunneld does not know.
+    mutating func sshConfigPath(_ path: String, home: String, host: String, port: UInt16, user: String) -> String? {
+        var result = ""
+        var rest = Substring(path)
+        if rest == "~" || rest.hasPrefix("~/") {
+            result = home
+            rest = rest.dropFirst()
+        }
+        while let percent = rest.firstIndex(of: "%") {
+            result += rest[..<percent]
+            let token = rest.index(after: percent)
+            guard token < rest.endIndex else { break }
+            switch rest[token] {
+            case "d": result += home
+            case "h": result += host
+            case "p": result += String(port)
+            case "r": result += user
+            case "u": result += environment.userName
+            case "%": result += "%"
+            default:
+                error("ssh_config", "ssh_config path \(path) holds %\(rest[token]), which tunneld does not expand (it knows %d %h %p %r %u %%); write the path out")
+                return nil
+            }
+            rest = rest[rest.index(after: token)...]
+        }
+        return result + rest
     }
 
     // MARK: Files

@@ -24,6 +24,8 @@ public struct Route: Sendable, Hashable {
     public var identityPassphraseFile: String?
     /// The ssh-agent socket path; `nil` means no agent.
     public var identityAgent: String?
+    /// A file holding the login password, for `password` and `keyboard-interactive` login.
+    public var passwordFile: String?
     /// known_hosts files, read in order.
     public var knownHosts: [String]
     /// What to do with an unknown host key.
@@ -33,8 +35,10 @@ public struct Route: Sendable, Hashable {
 
     public init(
         server: Endpoint, user: String, identities: [String] = [], identityPassphraseFile: String? = nil,
-        identityAgent: String? = nil, knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict, fingerprint: String? = nil
+        identityAgent: String? = nil, passwordFile: String? = nil, knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
+        fingerprint: String? = nil
     ) {
+        self.passwordFile = passwordFile
         self.server = server
         self.user = user
         self.identities = identities

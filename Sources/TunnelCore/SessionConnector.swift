@@ -153,18 +153,49 @@ struct SessionConnector {
 
     // MARK: Authentication
 
+    /// Logs in with the methods the server offers, in OpenSSH's order: public keys (agent,
+    /// then key files), then, with a password file, keyboard-interactive or password. The
+    /// password is offered at most once per connect, so a wrong one is one failed attempt.
     private func authenticate(_ session: SSHSession, by deadline: ContinuousClock.Instant) throws {
+        let methods = Set(try session.complete("authentication with \(key.server)", by: deadline) {
+            try session.authenticationMethods(user: key.user)
+        })
+        if session.isAuthenticated { return }
         var tried: [String] = []
         var problems: [String] = []
+        var unusable: [String] = []
+        if methods.contains("publickey") {
+            if try authenticateWithKeys(session, tried: &tried, problems: &problems, unusable: &unusable, by: deadline) { return }
+        }
+        if let passwordFile = key.passwordFile {
+            try authenticateWithPassword(session, file: passwordFile, offered: methods, by: deadline)
+            return
+        }
+        if !methods.contains("publickey") {
+            throw ConnectFailure(description: "\(key.server) does not take public keys for \(key.user) (it offers \(methods.sorted().joined(separator: ", "))); set password_file, or enable PubkeyAuthentication on the server")
+        }
+        if tried.isEmpty && !unusable.isEmpty {
+            throw ConnectFailure(description: "no usable key to log in to \(key.server) with: " + unusable.joined(separator: "; "))
+        }
+        if tried.isEmpty {
+            throw ConnectFailure(description: "no key to log in to \(key.server) with: no ssh-agent and none of \(key.identities.joined(separator: ", ")) exists; set identity")
+        }
+        var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
+        if !(problems + unusable).isEmpty { sentence += ": " + (problems + unusable).joined(separator: "; ") }
+        throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
+    }
+
+    /// Tries the agent, then each key file. Returns whether one was accepted; notes what was
+    /// tried and what went wrong.
+    private func authenticateWithKeys(_ session: SSHSession, tried: inout [String], problems: inout [String], unusable: inout [String], by deadline: ContinuousClock.Instant) throws -> Bool {
         if let agent = key.identityAgent, FileManager.default.fileExists(atPath: agent) {
             tried.append("agent")
             do {
-                if try session.authenticateWithAgent(user: key.user, socketPath: agent, by: deadline) { return }
+                if try session.authenticateWithAgent(user: key.user, socketPath: agent, by: deadline) { return true }
             } catch {
                 problems.append("\(error)")
             }
         }
-        var unusable: [String] = []
         for identity in key.identities where FileManager.default.fileExists(atPath: identity) {
             // Checked again here: the file may have changed since the configuration was read.
             if let problem = PrivateFile.problem(identity, attribute: "identity") {
@@ -182,21 +213,43 @@ struct SessionConnector {
                 try session.complete("authentication with \(identity)", by: deadline) {
                     try session.authenticate(user: key.user, privateKeyFile: identity, passphrase: passphrase)
                 }
-                return
+                return true
             } catch let error as SSHError {
                 if session.isPeerClosed { throw ConnectFailure(description: "\(key.server) closed the connection during authentication") }
                 problems.append("\(identity): \(error.message)")
             }
         }
-        if tried.isEmpty && !unusable.isEmpty {
-            throw ConnectFailure(description: "no usable key to log in to \(key.server) with: " + unusable.joined(separator: "; "))
+        return false
+    }
+
+    /// Logs in with the password in `file`: keyboard-interactive when offered (as OpenSSH
+    /// prefers), else password. A refused password throws at once, without another try.
+    private func authenticateWithPassword(_ session: SSHSession, file: String, offered methods: Set<String>, by deadline: ContinuousClock.Instant) throws {
+        let refused = ConnectFailure(description: "\(key.server) refused the password of \(key.user) in \(file); fix the password file")
+        let password: String
+        do {
+            password = try PrivateFile.readSecret(file, attribute: "password_file")
+        } catch {
+            throw ConnectFailure(description: "cannot log in to \(key.server) as \(key.user): \(error)")
         }
-        if tried.isEmpty {
-            throw ConnectFailure(description: "no key to log in to \(key.server) with: no ssh-agent and none of \(key.identities.joined(separator: ", ")) exists; set identity")
+        if methods.contains("keyboard-interactive") {
+            let outcome = try session.complete("keyboard-interactive authentication with \(key.server)", by: deadline) {
+                try session.authenticateInteractively(user: key.user, password: password)
+            }
+            switch outcome {
+            case .accepted: return
+            case .refused: throw refused
+            case .notAsked: break
+            }
         }
-        var sentence = "\(key.server) refused every key for \(key.user) (tried \(tried.joined(separator: ", ")))"
-        if !(problems + unusable).isEmpty { sentence += ": " + (problems + unusable).joined(separator: "; ") }
-        throw ConnectFailure(description: sentence + "; add the public key to \(key.user)'s authorized_keys on the server")
+        if methods.contains("password") {
+            let accepted = try session.complete("password authentication with \(key.server)", by: deadline) {
+                try session.authenticate(user: key.user, password: password)
+            }
+            if accepted { return }
+            throw refused
+        }
+        throw ConnectFailure(description: "\(key.server) takes no password for \(key.user) (it offers \(methods.sorted().joined(separator: ", "))); enable PasswordAuthentication on the server, or log in with a key")
     }
 }
 

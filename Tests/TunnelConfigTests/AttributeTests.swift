@@ -156,4 +156,36 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(configuration.disabledServices.map(\.name), ["s"])
         XCTAssertFalse(configuration.hasErrors)
     }
+
+    func testPasswordFileMustExistAndBePrivate() throws {
+        let secret = fixture.write("password", "s3cret\n", mode: 0o640)
+        XCTAssertEqual(service("password_file = \(secret)").1.first, "ROOT/conf:6: error: s: password_file ROOT/password is readable by group or others; chmod 600 ROOT/password")
+        XCTAssertNil(service("password_file = \(secret)").0)
+        chmod(secret, 0o600)
+        let (loaded, messages) = service("password_file = \(secret)")
+        XCTAssertEqual(try XCTUnwrap(loaded, "\(messages)").passwordFile, secret)
+        XCTAssertEqual(loaded?.sessionKey.passwordFile, secret, "services with different passwords do not share a session")
+        XCTAssertEqual(service("password_file = ~/pw").1.first, "ROOT/conf:6: error: s: password_file ROOT/home/pw does not exist")
+        XCTAssertEqual(service("password_file = a b").1.first, "ROOT/conf:6: error: s: password_file takes one value, not 2: a b")
+        XCTAssertNil(service("").0?.passwordFile)
+    }
+
+    func testPasswordFileHoldsOneLine() throws {
+        for (content, password) in [("pw\n", "pw"), ("pw\r\n", "pw"), ("pw", "pw"), ("pw \n\n", "pw \n"), ("", "")] {
+            let path = fixture.write("pw", content, mode: 0o600)
+            XCTAssertEqual(try PrivateFile.readSecret(path, attribute: "password_file"), password, content.debugDescription)
+        }
+        let open = fixture.write("open", "pw\n", mode: 0o644)
+        XCTAssertThrowsError(try PrivateFile.readSecret(open, attribute: "password_file")) { error in
+            XCTAssertEqual("\(error)", "password_file \(open) is readable by group or others; chmod 600 \(open)")
+        }
+    }
+
+    func testCheckListsThePasswordFileNeverThePassword() {
+        let secret = fixture.write("password", "hunter2-9981\n", mode: 0o600)
+        fixture.write("conf", "service s\n{\n\(minimalBody)\npassword_file = \(secret)\nknown_hosts = /dev/null\n}\n")
+        let report = CheckReport(fixture.load()).render()
+        XCTAssertTrue(report.contains("; password_file \(secret); known_hosts"), report)
+        XCTAssertFalse(report.contains("hunter2"), report)
+    }
 }

@@ -26,7 +26,11 @@ final class SSHServer {
     /// - `listenAddress`: an address to listen on instead of 127.0.0.1 (`::1` for IPv6).
     /// - `commandPrefix`: a program and arguments that run sshd, e.g. `ip netns exec NS`; with
     ///   one, readiness is judged from sshd's log, since its address may not be reachable from here.
-    init(keyOptions: String = "", extraConfig: String = "", listenAddress: String = "127.0.0.1", commandPrefix: [String] = []) throws {
+    /// - `passwordLogins`: offer `password` and `keyboard-interactive` logins (sshd checks
+    ///   /etc/shadow itself: `UsePAM no`).
+    /// - `keyboardInteractiveByPAM`: offer `keyboard-interactive` only, run by PAM (`UsePAM yes`),
+    ///   which prompts for the password; needs root.
+    init(keyOptions: String = "", extraConfig: String = "", listenAddress: String = "127.0.0.1", commandPrefix: [String] = [], passwordLogins: Bool = false, keyboardInteractiveByPAM: Bool = false) throws {
         self.listenAddress = listenAddress
         self.commandPrefix = commandPrefix
         directory = ScratchDirectory("sshd")
@@ -46,9 +50,9 @@ final class SSHServer {
             AuthorizedKeysFile \(directory.file("authorized_keys"))
             PidFile none
             StrictModes no
-            UsePAM no
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
+            UsePAM \(keyboardInteractiveByPAM ? "yes" : "no")
+            PasswordAuthentication \(passwordLogins ? "yes" : "no")
+            KbdInteractiveAuthentication \(passwordLogins || keyboardInteractiveByPAM ? "yes" : "no")
             PermitRootLogin prohibit-password
             AllowTcpForwarding yes
             MaxStartups 1000
@@ -155,6 +159,12 @@ final class SSHServer {
 
     var log: String {
         (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
+    }
+
+    /// How many password attempts sshd refused, for `user` if given, by `method`
+    /// (`password`, or `keyboard-interactive/pam`).
+    func failedPasswords(for user: String? = nil, method: String = "password") -> Int {
+        log.components(separatedBy: "Failed \(method) for " + (user.map { $0 + " " } ?? "")).count - 1
     }
 
     /// How many SSH logins sshd accepted: the number of SSH sessions made.

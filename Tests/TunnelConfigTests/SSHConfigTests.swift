@@ -1,0 +1,110 @@
+import XCTest
+@testable import TunnelConfig
+
+/// `ssh_config = yes | PATH`: `server` names a Host alias that OpenSSH's own resolver
+/// (`ssh -G`) turns into HostName, Port, User, keys and more; stanza settings win.
+final class SSHConfigTests: XCTestCase {
+    private var fixture: ConfigFixture!
+
+    override func setUpWithError() throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/ssh") else { throw XCTSkip("needs OpenSSH's ssh at /usr/bin/ssh") }
+        fixture = ConfigFixture()
+        fixture.key("home/.ssh/id_mail")
+        fixture.write("home/.ssh/config", """
+            Host mail
+                HostName 127.0.0.1
+                Port 2222
+                User postman
+                IdentityFile ~/.ssh/id_mail
+                IdentityFile ~/.ssh/id_missing
+                UserKnownHostsFile ~/.ssh/known_hosts_mail
+                StrictHostKeyChecking accept-new
+                ConnectTimeout 7
+                ServerAliveInterval 5
+                ServerAliveCountMax 2
+            Host jumpy
+                HostName 10.0.0.9
+                ProxyJump bastion.example.org
+            Host proxied
+                ProxyCommand nc %h %p
+            """)
+    }
+
+    private func service(_ lines: String) -> (Service?, [String]) {
+        fixture.write("conf", "service s\n{\nport = 7777\nserver_args = localhost 25\n\(lines)\n}\n")
+        let configuration = fixture.load()
+        return (configuration.services.first, fixture.messages(configuration))
+    }
+
+    func testAnAliasTakesItsSettingsFromHOMEsSSHConfig() throws {
+        let (loaded, messages) = service("server = mail\nssh_config = yes")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "127.0.0.1", port: 2222))
+        XCTAssertEqual(service.user, "postman")
+        XCTAssertEqual(service.identities, [fixture.home + "/.ssh/id_mail"], "a missing IdentityFile is skipped, as ssh does")
+        XCTAssertEqual(service.knownHosts, [fixture.home + "/.ssh/known_hosts_mail"], "~ is HOME's, not the passwd home")
+        XCTAssertEqual(service.hostKeyPolicy, .acceptNew)
+        XCTAssertEqual(service.connectTimeout, 7)
+        XCTAssertEqual(service.keepalive, Keepalive(interval: 5, count: 2))
+        let report = CheckReport(fixture.load()).render().replacingOccurrences(of: fixture.root, with: "ROOT")
+        XCTAssertTrue(report.contains("""
+            s: server mail resolved by ssh -G -F ROOT/home/.ssh/config:
+              hostname 127.0.0.1 (ssh_config)
+              port 2222 (ssh_config)
+              user postman (ssh_config)
+              identity ROOT/home/.ssh/id_mail (ssh_config)
+              known_hosts ROOT/home/.ssh/known_hosts_mail (ssh_config)
+              host_key accept-new (ssh_config)
+              connect_timeout 7 (ssh_config)
+              keepalive 5 2 (ssh_config)
+            """), report)
+    }
+
+    func testStanzaSettingsWin() throws {
+        let (loaded, messages) = service("server = mail:2200\nssh_config = yes\nuser = clerk\nhost_key = strict\nconnect_timeout = 3\nkeepalive = 20 4\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "127.0.0.1", port: 2200))
+        XCTAssertEqual(service.user, "clerk")
+        XCTAssertEqual(service.hostKeyPolicy, .strict)
+        XCTAssertEqual(service.connectTimeout, 3)
+        XCTAssertEqual(service.keepalive, Keepalive(interval: 20, count: 4))
+        XCTAssertEqual(service.knownHosts, ["/dev/null"])
+        XCTAssertEqual(service.sshConfig?.settings.first { $0.name == "port" }?.source, "stanza")
+        XCTAssertEqual(service.sshConfig?.settings.first { $0.name == "hostname" }?.source, "ssh_config")
+    }
+
+    func testWithoutSSHConfigAnAliasIsJustAHostName() throws {
+        let (loaded, messages) = service("server = mail\nknown_hosts = /dev/null")
+        XCTAssertEqual(try XCTUnwrap(loaded, "\(messages)").server, Endpoint(host: "mail", port: 22))
+        XCTAssertNil(loaded?.sshConfig)
+        XCTAssertEqual(service("server = mail\nssh_config = no\nknown_hosts = /dev/null").0?.server, Endpoint(host: "mail", port: 22))
+    }
+
+    func testAGivenPathIsReadInsteadOfHOMEs() throws {
+        let other = fixture.write("other_config", "Host mail\n    HostName 127.0.0.5\n    Port 2201\n")
+        let (loaded, messages) = service("server = mail\nssh_config = \(other)\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "127.0.0.5", port: 2201))
+        XCTAssertEqual(service.user, "kiosk", "no User there: the default login")
+        XCTAssertEqual(service.sshConfig?.file, other)
+    }
+
+    func testJumpHostsAreAClearError() {
+        XCTAssertEqual(service("server = jumpy\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config gives jumpy ProxyJump bastion.example.org, and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
+        XCTAssertEqual(service("server = proxied\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config gives proxied ProxyCommand nc %h %p, and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
+        XCTAssertNil(service("server = jumpy\nssh_config = yes").0)
+    }
+
+    func testAMissingConfigFileIsAnError() {
+        XCTAssertEqual(service("server = mail\nssh_config = ~/nosuch").1.first, "ROOT/conf:6: error: s: ssh_config ROOT/home/nosuch does not exist or cannot be read; fix the path")
+        try? FileManager.default.removeItem(atPath: fixture.home + "/.ssh/config")
+        XCTAssertEqual(service("server = mail\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config = yes reads ROOT/home/.ssh/config, which does not exist or cannot be read; create it, or set ssh_config = PATH")
+    }
+
+    func testABrokenConfigFileSaysWhatSSHSaid() {
+        let broken = fixture.write("broken", "Host mail\n    NoSuchKeyword 1\n")
+        let message = service("server = mail\nssh_config = \(broken)").1.first ?? ""
+        XCTAssertTrue(message.hasPrefix("ROOT/conf:6: error: s: ssh_config: /usr/bin/ssh -G failed: "), message)
+        XCTAssertTrue(message.contains("broken: line 2: Bad configuration option: nosuchkeyword"), message)
+    }
+}
