@@ -199,6 +199,7 @@ final class SessionEventLoop {
     // MARK: Channel opens
 
     private func progressOpens() throws {
+        var opened: [Connection] = []
         for event in try opener.progress(on: session, now: clock()) {
             switch event {
             case .opened(let connection, let channel):
@@ -211,6 +212,7 @@ final class SessionEventLoop {
                 }
                 connection.channel = channel
                 connections.append(connection)
+                opened.append(connection)
             case .refused(let connection, let reason):
                 connection.finish(.refused(reason), logger: logger)
             case .expired(let connection, let reason):
@@ -227,6 +229,10 @@ final class SessionEventLoop {
                 health?.record(service: check.service, isUp: false, detail: reason)
             }
         }
+        // libssh2 stops reading at the open confirmation; what came with it (a server's
+        // banner) waits in its transport buffer, where neither poll nor the packet list shows
+        // it. Reading the new channel now takes it in and delivers it.
+        for connection in opened { try pumpOne(connection, revents: 0) }
     }
 
     // MARK: Liveness

@@ -40,6 +40,11 @@ final class FakeSession: TunnelSession {
 
     /// Answers for the next opens, in order; when empty, opens succeed at once.
     var answers: [OpenAnswer] = []
+    /// What the next channel opened has already received (a server that speaks first).
+    var nextChannelInbound: [UInt8] = []
+    /// Whether that data sits in libssh2's transport buffer, where neither poll nor
+    /// `hasBufferedInput` sees it: only a read of the channel takes it in.
+    var nextChannelHidesInput = false
     private var callsOnCurrent = 0
     /// Every channel handed out, in order.
     private(set) var channels: [FakeChannel] = []
@@ -85,6 +90,8 @@ final class FakeSession: TunnelSession {
             finishAnswer()
             receive()
             let channel = FakeChannel(session: self)
+            channel.inbound = nextChannelInbound
+            channel.hidesBufferedInput = nextChannelHidesInput
             channels.append(channel)
             openedTargets.append(target)
             return channel
@@ -190,6 +197,8 @@ final class FakeChannel: TunnelChannel {
         return true
     }
 
-    var hasBufferedInput: Bool { !inbound.isEmpty || eofFromServer }
+    /// The data is in libssh2's raw transport buffer, not yet in its packet list.
+    var hidesBufferedInput = false
+    var hasBufferedInput: Bool { !hidesBufferedInput && (!inbound.isEmpty || eofFromServer) }
     var canWrite: Bool { writeLimit > 0 }
 }

@@ -178,6 +178,20 @@ final class SessionEventLoopTests: XCTestCase {
 
     // MARK: Copying
 
+    func testABannerThatArrivesWithALateOpenConfirmationIsDeliveredAtOnce() throws {
+        // The confirmation and the banner arrive together while the pass is under way: the
+        // open completes in the settle step, and the banner sits where only a read finds it.
+        session.answers = [.open(afterCalls: 1)]
+        session.nextChannelInbound = Array("220 mail.example ESMTP\r\n".utf8)
+        session.nextChannelHidesInput = true
+        let connection = client()
+        loop.add(connection)
+        XCTAssertNil(pass())
+        XCTAssertEqual(session.channels.count, 1, "opened within the pass")
+        XCTAssertEqual(String(decoding: readAvailable(peer(connection)), as: UTF8.self), "220 mail.example ESMTP\r\n",
+                       "delivered in the same pass, not at the next keepalive")
+    }
+
     func testPartialWritesAndWouldBlockBothWaysLoseNothing() throws {
         let connection = client()
         loop.add(connection)
