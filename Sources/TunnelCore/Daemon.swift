@@ -29,6 +29,7 @@ public final class Daemon {
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let activation = SocketActivation()
+        activation.closeInheritedDescriptors()
         let endpoints = configuration.services.compactMap { service -> Listener.Endpoint? in
             let passed = activation.claim(for: service)
             if !passed.isEmpty {

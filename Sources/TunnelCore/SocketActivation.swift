@@ -42,6 +42,20 @@ final class SocketActivation {
         return fds
     }
 
+    /// Closes every descriptor this process inherited beyond standard input, output and error
+    /// and the sockets systemd passed: a parent's stray descriptors must neither stay open in
+    /// the daemon nor count against its descriptor limit.
+    func closeInheritedDescriptors() {
+        let passed = Set(unclaimed.map(\.fd))
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        let open = entries.compactMap { Int32($0) }
+        for fd in open where fd > 2 && !passed.contains(fd) {
+            // The directory listing's own descriptor is gone by now; closing a number that
+            // is not open is harmless.
+            close(fd)
+        }
+    }
+
     /// Closes the sockets no service claimed; returns their descriptions for a warning.
     func closeUnclaimed() -> [String] {
         defer {

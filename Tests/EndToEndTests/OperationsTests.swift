@@ -156,6 +156,23 @@ final class OperationsTests: SSHTestCase {
         XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.exchange(port: port, Array("again".utf8), timeout: 3)) == Array("again".utf8) }, tunneld.log)
     }
 
+    func testDescriptorsInheritedFromTheParentAreClosed() throws {
+        // A parent's stray descriptors (these have no close-on-exec flag) must not stay open in
+        // the daemon, nor count against its limit: 60 of them under a limit of 48.
+        var strays: [Int32] = []
+        for _ in 0..<60 { strays.append(open("/dev/null", O_RDONLY)) }
+        defer { strays.forEach { close($0) } }
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(
+            stanzas: ["a": stanza("a", port: port, via: sshd, target: echo.port)],
+            wrapper: ["/usr/bin/prlimit", "--nofile=96"])
+        let open = (try FileManager.default.contentsOfDirectory(atPath: "/proc/\(tunneld.pid)/fd")).compactMap { entry -> String? in
+            try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(tunneld.pid)/fd/\(entry)")
+        }
+        XCTAssertLessThanOrEqual(open.filter { $0 == "/dev/null" }.count, 1, "only standard input may be /dev/null: \(open)")
+        XCTAssertEqual(try TCP.exchange(port: port, Array("works".utf8)), Array("works".utf8), tunneld.log)
+    }
+
     func testRunningOutOfDescriptorsPausesAcceptingAndRecovers() throws {
         let port = TCP.freePort()
         let tunneld = try TunneldProcess(
