@@ -85,21 +85,25 @@ extension KnownHosts {
     /// Refuses a directory another account could change files in, as OpenSSH does before it
     /// trusts a file there. With `creating`, a missing directory is made, mode 0700.
     static func checkDirectory(_ directory: String, creating: Bool) throws {
-        var info = stat()
-        if stat(directory, &info) != 0 {
-            guard errno == ENOENT, creating else { throw FileProblem("cannot use the directory \(directory): \(errorText())") }
+        var problem = DirectoryTrust.problem(with: directory, forbiddenBits: 0o022, followingSymlinks: true)
+        if problem == .unreadable(errno: ENOENT) && creating {
             do {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
                 throw FileProblem("cannot create the directory \(directory); create it, mode 0700")
             }
-            guard stat(directory, &info) == 0 else { throw FileProblem("cannot use the directory \(directory): \(errorText())") }
+            problem = DirectoryTrust.problem(with: directory, forbiddenBits: 0o022, followingSymlinks: true)
         }
-        guard info.st_mode & S_IFMT == S_IFDIR else { throw FileProblem("\(directory) is not a directory") }
-        guard info.st_uid == geteuid() || info.st_uid == 0 else {
-            throw FileProblem("the directory \(directory) belongs to another account (uid \(info.st_uid)); keep known_hosts in a directory of this account or root")
-        }
-        guard info.st_mode & 0o022 == 0 else {
+        switch problem {
+        case nil:
+            return
+        case .unreadable(let code):
+            throw FileProblem("cannot use the directory \(directory): \(errorText(code))")
+        case .notADirectory:
+            throw FileProblem("\(directory) is not a directory")
+        case .foreignOwner(let uid):
+            throw FileProblem("the directory \(directory) belongs to another account (uid \(uid)); keep known_hosts in a directory of this account or root")
+        case .writableByOthers:
             throw FileProblem("the directory \(directory) is writable by group or others, so anyone could replace known_hosts there; chmod go-w \(directory)")
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import TunnelConfig
 
 /// The daemon's Unix control socket (mode 0600, or 0660 for a group): a client sends one
 /// line (`status`, `status json`, `reconnect [SERVICE…]`) and reads the answer until the
@@ -24,17 +25,16 @@ final class ControlSocket: @unchecked Sendable {
         if mkdir(directory, 0o755) != 0 && errno != EEXIST {
             throw ControlError(description: "cannot create the control socket directory \(directory): \(String(cString: strerror(errno)))")
         }
-        var info = stat()
-        guard lstat(directory, &info) == 0 else {
-            throw ControlError(description: "cannot read the control socket directory \(directory): \(String(cString: strerror(errno)))")
-        }
-        guard info.st_mode & S_IFMT == S_IFDIR else {
+        switch DirectoryTrust.problem(with: directory, alsoTrusted: alsoTrusted, forbiddenBits: 0o002, followingSymlinks: false) {
+        case nil:
+            return
+        case .unreadable(let code):
+            throw ControlError(description: "cannot read the control socket directory \(directory): \(String(cString: strerror(code)))")
+        case .notADirectory:
             throw ControlError(description: "the control socket directory \(directory) is not a directory (a symlink?); remove it or set control_socket elsewhere")
-        }
-        guard info.st_uid == geteuid() || info.st_uid == 0 || info.st_uid == alsoTrusted else {
-            throw ControlError(description: "the control socket directory \(directory) belongs to another account (uid \(info.st_uid)); remove it or set control_socket elsewhere")
-        }
-        guard info.st_mode & 0o002 == 0 else {
+        case .foreignOwner(let uid):
+            throw ControlError(description: "the control socket directory \(directory) belongs to another account (uid \(uid)); remove it or set control_socket elsewhere")
+        case .writableByOthers:
             throw ControlError(description: "the control socket directory \(directory) is writable by every account, so another could take the socket's place; set control_socket to a path in a private directory")
         }
     }
