@@ -66,27 +66,22 @@ public struct CheckReport: Sendable {
         return lines.map { ControlCharacters.escaped($0) }.joined(separator: "\n") + "\n"
     }
 
-    /// Seconds as written: `5`, `0.5`.
-    static func seconds(_ value: Double) -> String {
-        value == value.rounded() ? String(Int(value)) : String(value)
-    }
-
     /// The settings of `service` that differ from the defaults, as `name=value`.
     static func options(of service: Service) -> [String] {
         var options: [String] = []
         for address in service.alsoListen { options.append("also=\(address)") }
         if !service.permit.isEmpty { options.append("permit(\(service.permit.count))") }
         if service.isPersistent { options.append("persistent") }
-        if let probe = service.probeInterval { options.append("probe=\(seconds(probe))") }
+        if let probe = service.probeInterval { options.append("probe=\(probe.secondsText)") }
         if service.sessions != 4 { options.append("sessions=\(service.sessions)") }
-        if service.linger != 30 { options.append("linger=\(seconds(service.linger))") }
-        if service.keepalive != Keepalive() { options.append("keepalive=\(seconds(service.keepalive.interval))x\(service.keepalive.count)") }
-        if service.connectTimeout != 10 { options.append("connect_timeout=\(seconds(service.connectTimeout))") }
+        if service.linger != 30 { options.append("linger=\(service.linger.secondsText)") }
+        if service.keepalive != Keepalive() { options.append("keepalive=\(service.keepalive.interval.secondsText)x\(service.keepalive.count)") }
+        if service.connectTimeout != 10 { options.append("connect_timeout=\(service.connectTimeout.secondsText)") }
         if service.hostKeyPolicy != .strict { options.append("host_key=\(service.hostKeyPolicy.rawValue)") }
         if service.fingerprint != nil { options.append("fingerprint") }
         if let instances = service.instances { options.append("instances=\(instances)") }
         if let perSource = service.perSource { options.append("per_source=\(perSource)") }
-        if let cps = service.cps { options.append("cps=\(cps.rate)/\(seconds(cps.pause))") }
+        if let cps = service.cps { options.append("cps=\(cps.rate)/\(cps.pause.secondsText)") }
         if let onlyFrom = service.onlyFrom { options.append(onlyFrom.isEmpty ? "only_from(nobody)" : "only_from(\(onlyFrom.count))") }
         if !service.noAccess.isEmpty { options.append("no_access(\(service.noAccess.count))") }
         return options

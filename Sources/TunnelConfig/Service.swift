@@ -224,3 +224,10 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         return p == pattern.count
     }
 }
+
+extension Double {
+    /// Seconds as a configuration writes them and messages say them: `3`, `0.5`.
+    public var secondsText: String {
+        self == rounded() ? String(Int(self)) : String(self)
+    }
+}

@@ -154,8 +154,8 @@ extension ServiceBuilder {
                     keepaliveFromFile = true
                 }
             }
-            recordSSHConfig("connect_timeout", CheckReport.seconds(connectTimeout), fromFile: connectTimeoutFromFile, fromStanza: values["connect_timeout"] != nil)
-            recordSSHConfig("keepalive", "\(CheckReport.seconds(keepalive.interval)) \(keepalive.count)", fromFile: keepaliveFromFile, fromStanza: values["keepalive"] != nil)
+            recordSSHConfig("connect_timeout", connectTimeout.secondsText, fromFile: connectTimeoutFromFile, fromStanza: values["connect_timeout"] != nil)
+            recordSSHConfig("keepalive", "\(keepalive.interval.secondsText) \(keepalive.count)", fromFile: keepaliveFromFile, fromStanza: values["keepalive"] != nil)
         }
         var probeInterval = values["probe"] == nil ? nil : parse("probe") { ValueParser.seconds($0, allowZero: false, atMost: .day) }
         if probeInterval != nil && !persistent {

@@ -125,13 +125,19 @@ struct ChannelOpener {
             if case .client(let connection) = request { return connection.openDeadline }
             return nil
         }
-        if let current, !current.isAbandoned, case .client(let connection) = current.request, let deadline = connection.openDeadline {
-            deadlines.append(deadline)
-        }
-        if let current, !current.isAbandoned, case .health = current.request {
-            deadlines.append(current.startedAt + Duration(seconds: openTimeout))
-        }
+        if let current, let deadline = deadline(of: current) { deadlines.append(deadline) }
         return deadlines.min()
+    }
+
+    /// When the open under way is given up for whoever asked: a client's own deadline, a
+    /// health probe's `openTimeout` from its start. None once abandoned, or for a probe.
+    private func deadline(of open: Open) -> ContinuousClock.Instant? {
+        guard !open.isAbandoned else { return nil }
+        switch open.request {
+        case .client(let connection): return connection.openDeadline
+        case .health: return open.startedAt + Duration(seconds: openTimeout)
+        case .probe: return nil
+        }
     }
 
     /// Starts queued opens and collects answers, one open at a time, until the session would
@@ -204,17 +210,14 @@ struct ChannelOpener {
     /// leave the queue.
     private mutating func expire(now: ContinuousClock.Instant) -> [Event] {
         var events: [Event] = []
-        if var open = current, !open.isAbandoned, case .client(let connection) = open.request,
-           let deadline = connection.openDeadline, now >= deadline {
+        if var open = current, let deadline = deadline(of: open), now >= deadline {
             open.isAbandoned = true
             current = open
-            events.append(.expired(connection, reason: unansweredReason))
-        }
-        if var open = current, !open.isAbandoned, case .health(let check) = open.request,
-           (now - open.startedAt).seconds >= openTimeout {
-            open.isAbandoned = true
-            current = open
-            events.append(.unhealthy(check, reason: unansweredReason))
+            switch open.request {
+            case .client(let connection): events.append(.expired(connection, reason: unansweredReason))
+            case .health(let check): events.append(.unhealthy(check, reason: unansweredReason))
+            case .probe: break
+            }
         }
         let busyReason = "no channel could be opened within \(openTimeout.secondsText) s: the session was busy"
         queue.removeAll { request in
@@ -223,12 +226,5 @@ struct ChannelOpener {
             return true
         }
         return events
-    }
-}
-
-extension Double {
-    /// Seconds as a short text: `3`, `0.5`.
-    var secondsText: String {
-        self == rounded() ? String(Int(self)) : String(self)
     }
 }

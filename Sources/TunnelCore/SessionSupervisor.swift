@@ -259,7 +259,7 @@ final class SessionSupervisor: @unchecked Sendable {
             }
             loop.stopping = stopping
             if let suspicion {
-                if let local = Socket.localAddress(of: socket), !suspicion.contains(local) {
+                if let local = Socket.localEndpoint(of: socket)?.host, !suspicion.contains(local) {
                     loop.die(because: "this machine no longer has the address \(local) the session used")
                 } else if !Socket.hasRoute(toPeerOf: socket) {
                     loop.die(because: "no route to the server: the network is down")

@@ -148,15 +148,15 @@ enum Socket {
         return storage
     }
 
-    /// The numeric local address a connected socket uses, or nil if it has none.
-    static func localAddress(of fd: Int32) -> String? {
+    /// The numeric local address and port of an IPv4 or IPv6 socket, or nil if it has none.
+    static func localEndpoint(of fd: Int32) -> Endpoint? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let status = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        guard status == 0 else { return nil }
-        return endpoint(of: storage).host
+        guard status == 0, storage.ss_family == sa_family_t(AF_INET) || storage.ss_family == sa_family_t(AF_INET6) else { return nil }
+        return endpoint(of: storage)
     }
 
     /// Whether this machine has a route to the peer of the connected socket `fd` now: a UDP

@@ -24,7 +24,7 @@ final class SocketActivation {
             let fd = Int32(3 + index)
             Socket.setNonBlocking(fd)
             let name = index < names.count && !names[index].isEmpty && names[index] != "unknown" ? names[index] : nil
-            unclaimed.append(Passed(fd: fd, name: name, address: Self.localAddress(fd)))
+            unclaimed.append(Passed(fd: fd, name: name, address: Socket.localEndpoint(of: fd)))
         }
         unsetenv("LISTEN_PID")
         unsetenv("LISTEN_FDS")
@@ -65,15 +65,5 @@ final class SocketActivation {
         return unclaimed.map { passed in
             [passed.name.map { "name \($0)" }, passed.address.map { "address \($0)" }].compactMap { $0 }.joined(separator: ", ")
         }
-    }
-
-    private static func localAddress(_ fd: Int32) -> Endpoint? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let status = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard status == 0, storage.ss_family == sa_family_t(AF_INET) || storage.ss_family == sa_family_t(AF_INET6) else { return nil }
-        return Socket.endpoint(of: storage)
     }
 }
