@@ -18,7 +18,7 @@ public struct HostKey: Sendable, Equatable {
         var digest = SHA256()
         digest.update(blob)
         let encoded = Data(digest.finalize()).base64EncodedString()
-        return "SHA256:" + encoded.replacingOccurrences(of: "=", with: "")
+        return "SHA256:" + encoded.filter { $0 != "=" }
     }
 
     /// The base64 text known_hosts stores for this key.

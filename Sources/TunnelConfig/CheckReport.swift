@@ -31,7 +31,7 @@ public struct CheckReport: Sendable {
             let widths = (0..<5).map { column in rows.map { $0[column].count }.max() ?? 0 }
             for row in rows {
                 let cells = row.enumerated().map { index, cell in
-                    index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+                    index == row.count - 1 ? cell : cell.padded(to: widths[index])
                 }
                 var line = cells.joined(separator: "  ")
                 while line.hasSuffix(" ") { line.removeLast() }

@@ -79,12 +79,12 @@ public struct ConfigurationLoader: Sendable {
         var alreadyRead: Set<String> = []
 
         mutating func read(path: String, from place: SourceLocation?, depth: Int) {
-            var isDirectory: ObjCBool = false
+            var isDirectory = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
                 diagnostics.append(Diagnostic(.error, at: place, "\(path) does not exist; give a configuration file or directory"))
                 return
             }
-            if isDirectory.boolValue {
+            if isDirectory {
                 readDirectory(path, from: place, depth: depth)
             } else {
                 readFile(path, from: place, depth: depth)
@@ -92,7 +92,7 @@ public struct ConfigurationLoader: Sendable {
         }
 
         mutating func readDirectory(_ path: String, from place: SourceLocation?, depth: Int, as written: String? = nil) {
-            let canonical = (path as NSString).resolvingSymlinksInPath
+            let canonical = PathText.canonical(path)
             guard !visiting.contains(canonical) else {
                 diagnostics.append(Diagnostic(.error, at: place, "includedir \(written ?? path) includes \(canonical), which is already being read (a loop); remove the includedir"))
                 return
@@ -104,13 +104,13 @@ public struct ConfigurationLoader: Sendable {
             visiting.append(canonical)
             defer { visiting.removeLast() }
             for name in names.sorted() {
-                let full = (path as NSString).appendingPathComponent(name)
+                let full = PathText.joined(path, name)
                 if ConfigurationLoader.isSkipped(name) {
                     skipped.append(full)
                     continue
                 }
-                var isDirectory: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), !isDirectory.boolValue else {
+                var isDirectory = false
+                guard FileManager.default.fileExists(atPath: full, isDirectory: &isDirectory), !isDirectory else {
                     skipped.append(full)
                     continue
                 }
@@ -119,7 +119,7 @@ public struct ConfigurationLoader: Sendable {
         }
 
         mutating func readFile(_ path: String, from place: SourceLocation?, depth: Int) {
-            let canonical = (path as NSString).resolvingSymlinksInPath
+            let canonical = PathText.canonical(path)
             guard !visiting.contains(canonical) else {
                 diagnostics.append(Diagnostic(.error, at: place, "\(path) includes itself (through \(visiting.last ?? path)); remove the include"))
                 return
@@ -133,12 +133,10 @@ public struct ConfigurationLoader: Sendable {
                 return
             }
             alreadyRead.insert(canonical)
-            guard let handle = FileHandle(forReadingAtPath: path) else {
+            guard let data = FilePrefix.read(path, atMost: ConfigurationLoader.maximumFileSize + 1) else {
                 diagnostics.append(Diagnostic(.error, at: place, "cannot read \(path); check its permissions"))
                 return
             }
-            let data = (try? handle.read(upToCount: ConfigurationLoader.maximumFileSize + 1)) ?? Data()
-            try? handle.close()
             guard data.count <= ConfigurationLoader.maximumFileSize else {
                 diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) is larger than 1 MiB; is it a configuration file?"))
                 return
@@ -147,7 +145,7 @@ public struct ConfigurationLoader: Sendable {
                 diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) holds binary data (a NUL byte); is it a configuration file?"))
                 return
             }
-            guard let text = String(data: data, encoding: .utf8) else {
+            guard let text = String(bytes: data, encoding: .utf8) else {
                 diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: 1), "\(path) is not UTF-8 text"))
                 return
             }
@@ -161,8 +159,8 @@ public struct ConfigurationLoader: Sendable {
                     read(path: resolve(target, relativeTo: path), from: SourceLocation(file: path, line: line), depth: depth + 1)
                 case .includeDirectory(let target, let line):
                     let directory = resolve(target, relativeTo: path)
-                    var isDirectory: ObjCBool = false
-                    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue {
+                    var isDirectory = false
+                    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory {
                         readDirectory(directory, from: SourceLocation(file: path, line: line), depth: depth + 1, as: target)
                     } else {
                         diagnostics.append(Diagnostic(.error, at: SourceLocation(file: path, line: line), "includedir \(target): no such directory"))
@@ -174,7 +172,7 @@ public struct ConfigurationLoader: Sendable {
         }
 
         private func resolve(_ target: String, relativeTo file: String) -> String {
-            target.hasPrefix("/") ? target : ((file as NSString).deletingLastPathComponent as NSString).appendingPathComponent(target)
+            target.hasPrefix("/") ? target : PathText.joined(PathText.parent(of: file), target)
         }
     }
 
@@ -293,7 +291,8 @@ public struct ConfigurationLoader: Sendable {
             var host = "127.0.0.1"
             var portText = Substring(text)
             if let colon = text.lastIndex(of: ":") {
-                host = String(text[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+                let isBracket: (Character) -> Bool = { $0 == "[" || $0 == "]" }
+                host = String(text[..<colon].drop(while: isBracket).reversed().drop(while: isBracket).reversed())
                 portText = text[text.index(after: colon)...]
             }
             if let port = UInt16(portText), port > 0, let listen = ServiceBuilder.listenHost(host) {
@@ -319,10 +318,15 @@ public struct ConfigurationLoader: Sendable {
 }
 
 extension ConfigurationLoader.Environment {
+    /// The login name of the account this process runs as (its passwd entry), or "".
+    private static var accountName: String {
+        getpwuid(geteuid()).map { String(cString: $0.pointee.pw_name) } ?? ""
+    }
+
     /// The environment of the account this process runs as.
     public static var current: Self {
         let env = ProcessInfo.processInfo.environment
         let home = env["HOME"].flatMap { $0.hasPrefix("/") ? $0 : nil }
-        return Self(userName: env["USER"] ?? NSUserName(), homeDirectory: NSHomeDirectory(), agentSocket: env["SSH_AUTH_SOCK"], sshConfigHome: home)
+        return Self(userName: env["USER"] ?? accountName, homeDirectory: FileManager.default.homeDirectoryForCurrentUser.path, agentSocket: env["SSH_AUTH_SOCK"], sshConfigHome: home)
     }
 }

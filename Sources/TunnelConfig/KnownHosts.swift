@@ -24,10 +24,8 @@ public struct KnownHosts: Sendable {
     public static func load(paths: [String], hasher: HostNameHasher?) -> KnownHosts {
         var hosts = KnownHosts(hasher: hasher)
         for path in paths {
-            guard let handle = FileHandle(forReadingAtPath: path) else { continue }
-            let data = (try? handle.read(upToCount: 16 << 20)) ?? Data()
-            try? handle.close()
-            hosts.entries += parse([UInt8](data), file: path)
+            guard let bytes = FilePrefix.read(path, atMost: 16 << 20) else { continue }
+            hosts.entries += parse(bytes, file: path)
         }
         return hosts
     }

@@ -11,7 +11,7 @@ public struct FileProblem: Error, Equatable, CustomStringConvertible {
 
 extension KnownHosts {
     /// One pin at a time in this process: two sessions pinning at once must not lose a line.
-    private static let writeLock = NSLock()
+    private static let writeLock = Lock()
 
     /// Adds `line` to the known_hosts file at `path` as OpenSSH would: the directory must
     /// belong to this account (or root) and not be writable by group or others; a symbolic
@@ -22,7 +22,7 @@ extension KnownHosts {
     public static func append(line: String, to path: String) throws {
         writeLock.lock()
         defer { writeLock.unlock() }
-        let directory = (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent
+        let directory = PathText.parent(of: path).isEmpty ? "." : PathText.parent(of: path)
         try checkDirectory(directory, creating: true)
 
         var content: [UInt8] = []

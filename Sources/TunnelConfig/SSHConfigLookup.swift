@@ -55,62 +55,20 @@ enum SSHConfigLookup {
 
     /// Runs ssh with `HOME` set to `home`, stdin from /dev/null, bounded by `timeout`.
     private static func run(_ ssh: String, _ arguments: [String], home: String) -> Result<String, Message> {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: ssh)
-        process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
         environment["HOME"] = home
-        process.environment = environment
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = FileHandle(forReadingAtPath: "/dev/null")
-        let exited = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in exited.signal() }
-        do {
-            try process.run()
-        } catch {
-            return .failure("cannot run \(ssh) -G: \(error.localizedDescription)")
-        }
-        // Read while ssh runs, so a large output cannot fill the pipe and stall it.
-        let collected = OutputCollector()
-        let readers = DispatchGroup()
-        for (pipe, isError) in [(output, false), (errors, true)] {
-            DispatchQueue.global().async(group: readers) {
-                collected.store(pipe.fileHandleForReading.readDataToEndOfFile(), isError: isError)
-            }
-        }
-        if exited.wait(timeout: .now() + timeout) == .timedOut {
-            process.terminate()
-            kill(process.processIdentifier, SIGKILL)
+        switch ChildProgram.run(ssh, arguments, environment: environment, timeout: timeout) {
+        case .failure(.cannotStart(let reason)):
+            return .failure("cannot run \(ssh) -G: \(reason)")
+        case .failure(.timedOut):
             return .failure("\(ssh) \(arguments.joined(separator: " ")) took over \(Int(timeout)) s; check the ssh_config file (Match exec?)")
+        case .success(let exit):
+            let stderr = String(decoding: exit.errors, as: UTF8.self)
+            guard exit.status == 0 else {
+                let reason = stderr.split(whereSeparator: \.isNewline).filter { !$0.hasPrefix("Pseudo-terminal") }.joined(separator: "; ")
+                return .failure("\(ssh) -G failed: \(reason.isEmpty ? "exit status \(exit.status)" : reason)")
+            }
+            return .success(String(decoding: exit.output, as: UTF8.self))
         }
-        _ = readers.wait(timeout: .now() + 1)
-        let (stdout, stderr) = collected.texts
-        guard process.terminationStatus == 0 else {
-            let reason = stderr.split(whereSeparator: \.isNewline).filter { !$0.hasPrefix("Pseudo-terminal") }.joined(separator: "; ")
-            return .failure("\(ssh) -G failed: \(reason.isEmpty ? "exit status \(process.terminationStatus)" : reason)")
-        }
-        return .success(stdout)
-    }
-}
-
-/// The two outputs of a child process, filled by reader threads.
-private final class OutputCollector: @unchecked Sendable {
-    private let lock = NSLock()
-    private var output = Data()
-    private var errors = Data()
-
-    func store(_ data: Data, isError: Bool) {
-        lock.lock()
-        if isError { errors = data } else { output = data }
-        lock.unlock()
-    }
-
-    var texts: (String, String) {
-        lock.lock()
-        defer { lock.unlock() }
-        return (String(decoding: output, as: UTF8.self), String(decoding: errors, as: UTF8.self))
     }
 }

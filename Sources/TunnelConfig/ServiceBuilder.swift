@@ -351,7 +351,7 @@ struct ServiceBuilder {
         if path.hasPrefix("/") { return path }
         // Relative paths are relative to the file that names them.
         let file = values[attribute]?.file ?? location.file
-        return ((file as NSString).deletingLastPathComponent as NSString).appendingPathComponent(path)
+        return PathText.joined(PathText.parent(of: file), path)
     }
 
     func resolveIdentities(home: String) -> [String] {
@@ -369,13 +369,11 @@ struct ServiceBuilder {
                 error("identity", problem)
                 continue
             }
-            guard let handle = FileHandle(forReadingAtPath: path) else {
+            guard let head = FilePrefix.read(path, atMost: 16_384) else {
                 error("identity", "identity \(path) cannot be read by this account; check its owner and mode")
                 continue
             }
-            let head = (try? handle.read(upToCount: 16_384)) ?? Data()
-            try? handle.close()
-            if KeyFile.isRSA(head) {
+            if KeyFile.isRSA(Data(head)) {
                 error("identity", "identity \(path) is an RSA key: libssh2 1.10 signs only with ssh-rsa (SHA-1), which OpenSSH 8.8 and later refuse; make an ed25519 key with ssh-keygen -t ed25519")
             }
         }

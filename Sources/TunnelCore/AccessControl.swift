@@ -141,9 +141,7 @@ final class HostResolver: @unchecked Sendable {
     /// - `resolve`: the lookup (getaddrinfo; tests pass their own). nil means it failed.
     init(resolve: @escaping @Sendable (String) -> [[UInt8]]? = HostResolver.lookUp) {
         self.resolve = resolve
-        let thread = Thread { [self] in work() }
-        thread.name = "resolver"
-        thread.start()
+        DetachedThread.start(name: "resolver") { [self] in work() }
     }
 
     /// The addresses of `name` as known now; schedules a lookup when unknown or old.

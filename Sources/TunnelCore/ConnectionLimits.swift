@@ -5,7 +5,7 @@ import TunnelConfig
 /// counts of live connections they are checked against. Used from the listener thread (admit)
 /// and the session threads (release), so every access takes the lock.
 final class ConnectionLimits: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Lock()
     private var instances: Int?
     private var perSource: Int?
     private var rate: ConnectionRate?

@@ -45,8 +45,8 @@ final class ControlSocket: @unchecked Sendable {
     /// - `owner`: the run_as account, whose directory is trusted too.
     init(path: String, group: gid_t? = nil, owner: uid_t? = nil) throws {
         self.path = path
-        let directory = (path as NSString).deletingLastPathComponent
-        let parent = (directory as NSString).deletingLastPathComponent
+        let directory = PathText.parent(of: path)
+        let parent = PathText.parent(of: directory)
         try? FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         try Self.checkDirectory(directory, alsoTrusted: owner)
         if FileManager.default.fileExists(atPath: path) {
@@ -82,9 +82,7 @@ final class ControlSocket: @unchecked Sendable {
 
     /// Starts answering requests, each with what `respond` returns for its line.
     func start(respond: @escaping @Sendable (String) -> String) {
-        let thread = Thread { [self] in serve(respond) }
-        thread.name = "control"
-        thread.start()
+        DetachedThread.start(name: "control") { [self] in serve(respond) }
     }
 
     /// Stops answering and removes the socket file.
@@ -118,7 +116,7 @@ final class ControlSocket: @unchecked Sendable {
             while request.count < 256, recv(client, &byte, 1, 0) == 1, byte != UInt8(ascii: "\n") {
                 request.append(byte)
             }
-            let answer = respond(String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespaces))
+            let answer = respond(String(decoding: request, as: UTF8.self).trimmingWhitespace)
             _ = answer.withCString { send(client, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
             Glibc.close(client)
         }

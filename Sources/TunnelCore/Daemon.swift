@@ -68,7 +68,7 @@ public final class Daemon {
         if let account {
             do {
                 // The directory stays the run_as account's, so that it can remove the socket at exit.
-                let directory = (controlPath as NSString).deletingLastPathComponent
+                let directory = PathText.parent(of: controlPath)
                 if directory.hasPrefix("/run/tunneld") { chown(directory, account.uid, account.gid) }
                 try Privileges.drop(to: account.name)
                 logger.notice("switched to run_as account", metadata: ["run_as": "\(account.name)"])

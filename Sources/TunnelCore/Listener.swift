@@ -31,7 +31,7 @@ final class Listener: @unchecked Sendable {
     private let socks: SocksGate
     private let logger: Logger
     private let wakeup: Wakeup
-    private let lock = NSLock()
+    private let lock = Lock()
     private var endpoints: [Endpoint]
     /// Sockets the thread must close on its next pass, and who waits for that.
     private var closing: [Int32] = []
@@ -50,9 +50,7 @@ final class Listener: @unchecked Sendable {
 
     func start() {
         socks.start()
-        let thread = Thread { [self] in run() }
-        thread.name = "listener"
-        thread.start()
+        DetachedThread.start(name: "listener") { [self] in run() }
     }
 
     /// The endpoints being served now.

@@ -24,9 +24,7 @@ final class MetricsListener: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in serve() }
-        thread.name = "metrics"
-        thread.start()
+        DetachedThread.start(name: "metrics") { [self] in serve() }
     }
 
     /// Whether `peer` may read the metrics: a loopback address, or one `allowed` admits.

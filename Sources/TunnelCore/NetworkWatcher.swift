@@ -32,9 +32,7 @@ final class NetworkWatcher: @unchecked Sendable {
             close(fd)
             return reason
         }
-        let thread = Thread { [self] in watch(fd) }
-        thread.name = "network"
-        thread.start()
+        DetachedThread.start(name: "network") { [self] in watch(fd) }
         return nil
     }
 

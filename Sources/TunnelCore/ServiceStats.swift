@@ -1,4 +1,5 @@
 import Foundation
+import TunnelConfig
 
 /// The counters of one service that `tunneld status` shows. Updated from the listener and
 /// the session loops, so every access takes the lock.
@@ -17,7 +18,7 @@ final class ServiceStats: @unchecked Sendable {
         var openLatency = Histogram()
     }
 
-    private let lock = NSLock()
+    private let lock = Lock()
     private var counters = Snapshot()
 
     /// A client was accepted.

@@ -146,7 +146,7 @@ struct SessionConnector {
 
     /// `SHA256:abc=` and `SHA256:abc` mean the same key.
     static func normalizedFingerprint(_ text: String) -> String {
-        var value = text.trimmingCharacters(in: .whitespaces)
+        var value = text.trimmingWhitespace
         while value.hasSuffix("=") { value.removeLast() }
         return value
     }
@@ -256,7 +256,7 @@ struct SessionConnector {
 /// Which host key type matched a session key's pinned fingerprint last time; shared by the
 /// session threads.
 private final class PinnedKeyTypes: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = Lock()
     private var types: [SessionKey: String] = [:]
 
     func type(for key: SessionKey) -> String? {

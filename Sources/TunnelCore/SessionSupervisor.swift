@@ -61,9 +61,7 @@ final class SessionSupervisor: @unchecked Sendable {
 
     /// Starts the supervisor's thread.
     func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "session \(settings.key.server)"
-        thread.start()
+        DetachedThread.start(name: "session \(settings.key.server)") { [self] in run() }
     }
 
     /// The state the pool routes by.

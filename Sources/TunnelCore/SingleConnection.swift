@@ -39,7 +39,7 @@ public enum SingleConnection {
         // the target does. A target that speaks first (SMTP, SIP2) gets its banner read.
         shutdown(ends[1], Int32(SHUT_WR))
         let probeEnd = ends[1]
-        Thread {
+        DetachedThread.start(name: "probe reader") {
             var buffer = [UInt8](repeating: 0, count: 4096)
             var total = 0
             while total < 64 * 1024 {
@@ -49,7 +49,7 @@ public enum SingleConnection {
                 total += count
             }
             close(probeEnd)
-        }.start()
+        }
         let outcome = carry(ClientEnd(socket: ends[0]), service: service, logger: logger)
         switch outcome {
         case .refused, .sshFailed: return "\(outcome)"

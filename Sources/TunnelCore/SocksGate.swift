@@ -30,9 +30,7 @@ final class SocksGate: @unchecked Sendable {
 
     /// Starts the gate's thread.
     func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "socks"
-        thread.start()
+        DetachedThread.start(name: "socks") { [self] in run() }
     }
 
     /// Takes a newly accepted client of a SOCKS service.
@@ -61,9 +59,9 @@ final class SocksGate: @unchecked Sendable {
             let timeout = negotiations.map(\.deadline).min().map { Socket.milliseconds(until: $0) } ?? -1
             _ = poll(&set, nfds_t(set.count), pool.watchdog?.bound(timeout) ?? timeout)
             if set[0].revents != 0 { wakeup.drain() }
-            var finished = IndexSet()
+            var finished: [Int] = []
             for index in negotiations.indices where set[index + 1].revents != 0 {
-                if advance(&negotiations[index], buffer: &buffer) { finished.insert(index) }
+                if advance(&negotiations[index], buffer: &buffer) { finished.append(index) }
             }
             for index in finished.reversed() { negotiations.remove(at: index) }
         }

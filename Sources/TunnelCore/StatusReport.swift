@@ -67,9 +67,9 @@ public struct StatusReport: Codable, Equatable {
         var text = "tunneld pid \(pid), up since \(startedAt)\n"
         for row in rows {
             let line = row.enumerated().map { index, cell in
-                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+                index == row.count - 1 ? cell : cell.padded(to: widths[index])
             }.joined(separator: "  ")
-            text += line.trimmingCharacters(in: .whitespaces) + "\n"
+            text += line.trimmingWhitespace + "\n"
         }
         for service in services {
             guard let probe = service.probe else { continue }
@@ -155,13 +155,25 @@ public struct StatusReport: Codable, Equatable {
 
     static func bytes(_ count: Int) -> String {
         if count < 1024 { return "\(count) B" }
-        if count < 1 << 20 { return String(format: "%.1f KiB", Double(count) / 1024) }
-        if count < 1 << 30 { return String(format: "%.1f MiB", Double(count) / 1_048_576) }
-        return String(format: "%.2f GiB", Double(count) / 1_073_741_824)
+        if count < 1 << 20 { return printf("%.1f KiB", Double(count) / 1024) }
+        if count < 1 << 30 { return printf("%.1f MiB", Double(count) / 1_048_576) }
+        return printf("%.2f GiB", Double(count) / 1_073_741_824)
     }
 
+    /// `value` formatted by vsnprintf(3) with `format`, which takes one double.
+    private static func printf(_ format: String, _ value: Double) -> String {
+        var buffer = [CChar](repeating: 0, count: 64)
+        _ = withVaList([value]) { vsnprintf(&buffer, buffer.count, format, $0) }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `date` in UTC to the second, as ISO 8601: `2026-12-03T09:29:05Z`.
     static func timestamp(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        return formatter.string(from: date)
+        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        var buffer = [CChar](repeating: 0, count: 32)
+        let length = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%SZ", &parts)
+        return String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

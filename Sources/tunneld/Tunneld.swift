@@ -49,7 +49,7 @@ struct Tunneld: ParsableCommand {
         let loader = ConfigurationLoader(environment: .daemon)
         let configuration = loader.load(path: path)
         if isCheck {
-            FileHandle.standardOutput.write(Data(CheckReport(configuration).render().utf8))
+            StandardStreams.write(CheckReport(configuration).render(), to: 1)
             var failed = configuration.hasErrors
             if isConnectCheck {
                 failed = !checkConnections(configuration) || failed
@@ -155,7 +155,7 @@ struct Status: ParsableCommand {
         do {
             print(try StatusClient.fetch(format: format ?? (isJSON ? .json : .table), socketPath: socket), terminator: "")
         } catch {
-            FileHandle.standardError.write(Data("tunneld status: \(error)\n".utf8))
+            StandardStreams.write("tunneld status: \(error)\n", to: 2)
             throw ExitCode(1)
         }
     }
@@ -185,11 +185,11 @@ struct Reconnect: ParsableCommand {
         do {
             answer = try StatusClient.reconnect(services: services, socketPath: socket)
         } catch {
-            FileHandle.standardError.write(Data("tunneld reconnect: \(error)\n".utf8))
+            StandardStreams.write("tunneld reconnect: \(error)\n", to: 2)
             throw ExitCode(1)
         }
         if answer.hasPrefix("error:") {
-            FileHandle.standardError.write(Data("tunneld reconnect: \(answer.dropFirst(7))".utf8))
+            StandardStreams.write("tunneld reconnect: \(answer.dropFirst(7))", to: 2)
             throw ExitCode(1)
         }
         print(answer, terminator: "")
