@@ -1,5 +1,5 @@
 import CLibSSH2
-import Foundation
+import FoundationEssentials
 
 /// A server's host key as it came in the handshake.
 public struct HostKey: Sendable, Equatable {

@@ -1,5 +1,4 @@
 import CLibSSH2
-import Foundation
 import Glibc
 
 /// One SSH connection, driven non-blocking by the event loop that owns it.

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Reads a configuration path (a file or a directory) into a `Configuration`.
 ///

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The host keys OpenSSH known_hosts files hold, looked up the way ssh does: the name is
 /// `host` for port 22 and `[host]:port` otherwise; patterns may be hashed (`|1|salt|hash`),

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A problem with a file tunneld reads or writes, as one sentence naming the file.
 public struct FileProblem: Error, Equatable, CustomStringConvertible {

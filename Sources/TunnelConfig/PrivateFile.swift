@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Private key and passphrase files, checked the way OpenSSH checks a private key: a regular
 /// file that neither group nor others may read. The check runs when the configuration is

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What OpenSSH's own resolver (`ssh -G`) says about a Host alias: only the settings the
 /// ssh_config file gave, not ssh's defaults. Pure lookup: ssh makes no connection.

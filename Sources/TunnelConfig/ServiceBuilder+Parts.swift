@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The parts a `Service` is composed of, each built from its attributes in one place.
 extension ServiceBuilder {

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Turns one stanza's attribute values (defaults applied) into a `Service`, or into the
 /// errors that keep it from running. Warnings do not stop it.

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// Port numbers by name, read from an /etc/services-style file (TCP entries and aliases).
 struct ServiceNames {

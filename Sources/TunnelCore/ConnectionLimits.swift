@@ -1,4 +1,3 @@
-import Foundation
 import TunnelConfig
 
 /// A service's `instances`, `per_source` and `cps` limits, as xinetd defines them, with the

@@ -1,5 +1,4 @@
 import Glibc
-import Foundation
 
 /// Watches the kernel's link, address and route changes (rtnetlink) on its own thread and
 /// reports each burst of them once. It sleeps in `poll` until the kernel has news, so an idle

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import TunnelConfig
 
 /// The counters of one service that `tunneld status` shows. Updated from the listener and

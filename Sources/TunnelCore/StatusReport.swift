@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// What `tunneld status` shows: per service, where it listens and goes, its session, and
 /// its counters.

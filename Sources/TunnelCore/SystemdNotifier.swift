@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Tells systemd about the daemon's state through `$NOTIFY_SOCKET` (sd_notify without

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// systemd's watchdog (`WatchdogSec=`), kept by the threads that could hang rather than by a

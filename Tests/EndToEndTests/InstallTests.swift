@@ -277,6 +277,40 @@ final class InstallTests: XCTestCase {
         }
     }
 
+    /// Issue 13: the binary users install, idle with 10 services configured, is resident in
+    /// at most 16 MiB. Measured right after `make install-files` put it in place, so the whole
+    /// file is in the page cache and every page the daemon touches maps its neighbours too:
+    /// the figure an operator sees in `ps`. A regression here usually means Foundation (with
+    /// CoreFoundation and ICU, and their start-up code) is linked in again.
+    func testTheInstalledDaemonIdlesWithin16MiBWith10Services() throws {
+        try XCTSkipUnless(memoryBoundsApply, "under a sanitizer RSS figures mean nothing")
+        try requireReleaseBuild()
+        let root = ScratchDirectory("install-rss")
+        let install = try make(["install-files", "DESTDIR=\(root.path)", "PREFIX=/usr"])
+        XCTAssertEqual(install.status, 0, install.output + install.error)
+
+        var stanzas: [String: String] = [:]
+        for index in 0..<10 {
+            stanzas["service\(index)"] = """
+                service mail\(index)
+                {
+                    port        = \(TCP.freePort())
+                    server      = tunnel@127.0.0.1:2222
+                    server_args = 127.0.0.1 \(2500 + index)
+                    linger      = 60
+                }
+
+                """
+        }
+        let tunneld = try TunneldProcess(stanzas: stanzas, binary: root.file("usr/sbin/tunneld"))
+        XCTAssertTrue(tunneld.log.contains("started services=10"), tunneld.log)
+        Thread.sleep(forTimeInterval: 2)
+        let resident = tunneld.residentKiB
+        XCTAssertGreaterThan(resident, 0)
+        XCTAssertLessThanOrEqual(resident, 16 * 1024, "idle RSS with 10 services: \(resident) KiB")
+        XCTAssertEqual(tunneld.terminate(), 0)
+    }
+
     /// Started as root with run_as, the daemon makes its control socket before the switch:
     /// root's, in run_as's group, mode 0660, so that group's members ask for status and others
     /// cannot.

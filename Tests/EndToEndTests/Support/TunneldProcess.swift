@@ -27,7 +27,8 @@ final class TunneldProcess {
     /// Writes `stanzas` as files of a services.d directory (name → text) and starts tunneld
     /// on it; returns once it logs that it has started.
     /// - `wrapper`: a program and arguments that run tunneld (e.g. `prlimit --nofile=48`).
-    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], wrapper: [String] = [], waitForStart: Bool = true) throws {
+    /// - `binary`: the tunneld to run, e.g. one `make install` put in place.
+    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], wrapper: [String] = [], waitForStart: Bool = true, binary: String = TunneldProcess.binary) throws {
         directory = ScratchDirectory("tunneld")
         configPath = directory.file("services.d")
         try FileManager.default.createDirectory(atPath: configPath, withIntermediateDirectories: true)
@@ -39,7 +40,6 @@ final class TunneldProcess {
         logFile = directory.file("tunneld.log")
         FileManager.default.createFile(atPath: logFile, contents: nil)
 
-        let binary = Self.binary
         guard FileManager.default.isExecutableFile(atPath: binary) else {
             throw TCP.Failure(description: "no tunneld binary at \(binary); run swift build first or set TUNNELD_BIN")
         }
