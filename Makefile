@@ -27,9 +27,12 @@ NMDISPATCHERDIR = $(SYSCONFDIR)/NetworkManager/dispatcher.d
 SWIFT ?= swift
 # SwiftPM's build directory; the install tests use their own.
 SCRATCH ?= .build
-# --static-swift-stdlib links the Swift runtime and Foundation into the binary, so that it
-# runs without the toolchain; -z now completes RELRO.
-SWIFTBUILDFLAGS = -c release --static-swift-stdlib --scratch-path $(SCRATCH) -Xlinker -z -Xlinker now
+# --static-swift-stdlib links the Swift runtime and FoundationEssentials into the binary, so
+# that it runs without the toolchain; -z now completes RELRO. The toolchain's lld packs the
+# relative relocations (DT_RELR) where glibc is 2.36 or later: the loader then reads some 8 KB
+# of them at start instead of 0.9 MB, which would stay resident. Older glibc ignores DT_RELR.
+RELR := $(shell getconf GNU_LIBC_VERSION 2>/dev/null | awk '{ split($$2, v, "."); if (v[1] > 2 || (v[1] == 2 && v[2] >= 36)) print "-Xlinker -z -Xlinker pack-relative-relocs" }')
+SWIFTBUILDFLAGS = -c release --static-swift-stdlib --scratch-path $(SCRATCH) -Xswiftc -use-ld=lld -Xlinker -z -Xlinker now $(RELR)
 BINARY = $(SCRATCH)/release/tunneld
 STAGE = $(SCRATCH)/install-stage
 
