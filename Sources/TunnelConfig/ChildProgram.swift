@@ -19,9 +19,9 @@ enum ChildProgram {
     }
 
     /// Runs `path` with `arguments` and exactly `environment`, in its own process group,
-    /// with default signal handling; descriptors tunneld opens are close-on-exec. Kills it (SIGKILL) when it
-    /// runs over `timeout` seconds. Once it has exited, its output is read for at most one
-    /// more second (a child it left behind may hold the pipes open).
+    /// with default signal handling (the descriptors tunneld opens are close-on-exec). Kills
+    /// it (SIGKILL) when it runs over `timeout` seconds. Once it has exited, its output is
+    /// read for at most one more second (a child it left behind may hold the pipes open).
     static func run(_ path: String, _ arguments: [String], environment: [String: String], timeout: Double) -> Result<Exit, Failure> {
         var output: [Int32] = [-1, -1]
         var errors: [Int32] = [-1, -1]
