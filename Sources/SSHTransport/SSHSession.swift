@@ -19,6 +19,8 @@ public final class SSHSession {
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
     private var isKeepaliveConfigured = false
+    /// Whether `socket` is TCP (not a link through a jump host), which quick ACKs apply to.
+    private let isTCP: Bool
     /// The password a keyboard-interactive login under way answers with.
     var keyboardInteractive: KeyboardInteractiveState?
 
@@ -26,6 +28,10 @@ public final class SSHSession {
     public init(socket: Int32) throws {
         SSHLibrary.initialize()
         self.socket = socket
+        var family = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &family) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        isTCP = named == 0 && (family.ss_family == sa_family_t(AF_INET) || family.ss_family == sa_family_t(AF_INET6))
         guard let created = libssh2_session_init_ex(nil, nil, nil, nil) else {
             Glibc.close(socket)
             throw SSHError(code: LIBSSH2_ERROR_ALLOC, message: "libssh2 could not allocate a session", function: "libssh2_session_init_ex")
@@ -112,6 +118,7 @@ public final class SSHSession {
     /// and Nagle holds the second until the first is acknowledged. Linux drops quick-ACK mode
     /// on its own, so this is re-armed after every read.
     private func acknowledgeQuickly() {
+        guard isTCP else { return }
         var on: Int32 = 1
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_QUICKACK, &on, socklen_t(MemoryLayout<Int32>.size))
     }

@@ -24,7 +24,7 @@ public struct CheckReport: Sendable {
             var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "OPTIONS"]]
             for service in services {
                 rows.append([
-                    service.name, "\(service.listen)", "\(service.user)@\(service.server)", service.isSocks ? "(SOCKS5)" : "\(service.target)",
+                    service.name, "\(service.listen)", service.route.chain, service.isSocks ? "(SOCKS5)" : "\(service.target)",
                     Self.options(of: service).joined(separator: " "),
                 ])
             }
