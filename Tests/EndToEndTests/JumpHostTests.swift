@@ -75,6 +75,19 @@ final class JumpHostTests: XCTestCase {
         XCTAssertEqual(bastion.acceptedLogins, 2, tunneld.log)
         XCTAssertEqual(inner.acceptedLogins, 2)
         XCTAssertEqual(second.acceptedLogins, 2)
+
+        // The jump host's sshd goes away altogether: clients are told why, naming it; once it
+        // is back, the next client gets through (backoff never refuses past a second).
+        bastion.stop()
+        XCTAssertTrue(tunneld.waitForLog("session down", count: 6, timeout: 10), tunneld.log)
+        XCTAssertEqual((try? TCP.exchange(port: portA, Array("lost".utf8))) ?? [], [])
+        XCTAssertTrue(waitUntil(timeout: 5) {
+            tunneld.connectionLines(containing: "service=a ").last?.contains("through jump host \(bastion.user)@127.0.0.1:\(bastion.port): cannot connect") == true
+        }, tunneld.log)
+        try bastion.start()
+        Thread.sleep(forTimeInterval: 1.1)
+        XCTAssertEqual(try TCP.exchange(port: portA, Array("found".utf8)), Array("found".utf8), tunneld.log)
+        XCTAssertEqual(try TCP.exchange(port: portB, Array("found too".utf8)), Array("found too".utf8), tunneld.log)
     }
 
     func testAHostKeyMismatchIsRefusedNamingTheHop() throws {
