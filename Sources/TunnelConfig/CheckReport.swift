@@ -45,7 +45,7 @@ public struct CheckReport: Sendable {
                 let password = service.passwordFile.map { "; password_file \($0)" } ?? ""
                 lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " "))\(password); known_hosts \(service.knownHosts.joined(separator: " "))")
                 for hop in service.route.jump {
-                    lines.append("\(service.name): jump host \(hop.login): identity \(hop.identities.joined(separator: " ")); known_hosts \(hop.knownHosts.joined(separator: " "))\(hop.hostKeyPolicy == .strict ? "" : "; host_key \(hop.hostKeyPolicy.rawValue)")")
+                    lines.append("\(service.name): jump host \(hop.login): identity \(hop.identities.joined(separator: " ")); known_hosts \(hop.knownHosts.joined(separator: " "))\(hop.fingerprint.map { "; fingerprint \($0)" } ?? (hop.hostKeyPolicy == .strict ? "" : "; host_key \(hop.hostKeyPolicy.rawValue)"))")
                 }
             }
             // Host aliases resolved by ssh -G, and where each setting came from.

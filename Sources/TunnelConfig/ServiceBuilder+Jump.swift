@@ -48,14 +48,31 @@ extension ServiceBuilder {
             }
         }
         var seen = attribute == "ssh_config" ? [sshConfigAlias ?? ""] : []
-        let hops = resolveHops(specs, template: template, home: home, configHome: configHome, attribute: attribute, seen: &seen)
+        var hops = resolveHops(specs, template: template, home: home, configHome: configHome, attribute: attribute, seen: &seen)
         if hops.count > Self.maxJumpHops {
             error(attribute, "the route goes through \(hops.count) jump hosts; tunneld allows \(Self.maxJumpHops) at most")
         }
+        pinJumpHostKeys(&hops)
         if sshConfigHost != nil && !(hops.isEmpty && values["jump"] == nil) {
             recordSSHConfig("jump", hops.isEmpty ? "none" : hops.map(\.login).joined(separator: ","), fromFile: fromFile, fromStanza: attribute != "ssh_config")
         }
         return hops
+    }
+
+    /// `jump_fingerprint`: a pinned host key per hop, first hop first; `-` leaves a hop to
+    /// known_hosts. A pin replaces known_hosts for its hop, as `fingerprint` does for the server.
+    private mutating func pinJumpHostKeys(_ hops: inout [Route]) {
+        guard let value = values["jump_fingerprint"] else { return }
+        guard value.words.count <= hops.count else {
+            error("jump_fingerprint", "jump_fingerprint names \(value.words.count) keys for \(hops.count) jump host\(hops.count == 1 ? "" : "s"); give one per hop, first hop first (- for a hop checked by known_hosts)")
+            return
+        }
+        for (index, word) in value.words.enumerated() where word != "-" {
+            switch ValueParser.fingerprint(word) {
+            case .success(let fingerprint): hops[index].fingerprint = fingerprint
+            case .failure(let message): error("jump_fingerprint", "jump_fingerprint: \(message.text)")
+            }
+        }
     }
 
     /// Hops for `specs`, with the hops a hop's own ssh_config ProxyJump names before it.

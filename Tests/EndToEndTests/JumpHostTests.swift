@@ -30,7 +30,7 @@ final class JumpHostTests: XCTestCase {
 
     /// A service to `server`'s echo target through `bastion`, with the keys of `keysOf` (the
     /// bastion's and the server's by default).
-    private func jumpStanza(_ name: String, port: UInt16, to server: SSHServer, knownHosts: String, keysOf: [SSHServer]? = nil) -> String {
+    private func jumpStanza(_ name: String, port: UInt16, to server: SSHServer, knownHosts: String, keysOf: [SSHServer]? = nil, extra: String = "") -> String {
         """
         service \(name)
         {
@@ -42,6 +42,7 @@ final class JumpHostTests: XCTestCase {
             identity_agent  = none
             known_hosts     = \(knownHosts)
             connect_timeout = 5
+        \(extra)
         }
 
         """
@@ -153,6 +154,25 @@ final class JumpHostTests: XCTestCase {
         XCTAssertTrue(innerLine.contains("HOST KEY CHANGED for 127.0.0.1:\(inner.port)"), innerLine)
         XCTAssertEqual(bastion.acceptedLogins, 1, "the jump host was logged in to")
         XCTAssertEqual(inner.acceptedLogins, 0)
+    }
+
+    func testAJumpHostsPinnedKeyIsCheckedForThatHop() throws {
+        let keys = ScratchDirectory("keys")
+        let onlyInner = try knownHosts([inner], in: keys)
+        let wrong = "SHA256:" + String(repeating: "A", count: 43)
+        for (pin, works) in [(try bastion.hostKeyFingerprint(), true), (wrong, false)] {
+            let port = TCP.freePort()
+            let tunneld = try TunneldProcess(stanzas: ["a": jumpStanza("a", port: port, to: inner, knownHosts: onlyInner, extra: "    jump_fingerprint = \(pin)")])
+            let reply = (try? TCP.exchange(port: port, Array("pinned".utf8))) ?? []
+            if works {
+                XCTAssertEqual(reply, Array("pinned".utf8), "the bastion's pin stands in for its known_hosts line: \(tunneld.log)")
+            } else {
+                XCTAssertEqual(reply, [])
+                XCTAssertTrue(waitUntil(timeout: 5) {
+                    tunneld.connectionLines(containing: "service=a ").first?.contains("through jump host \(bastion.user)@127.0.0.1:\(bastion.port): host key of 127.0.0.1:\(bastion.port) is ssh-ed25519") == true
+                }, tunneld.log)
+            }
+        }
     }
 
     func testCheckConnectWalksEveryHopAndNamesTheOneThatFailed() throws {

@@ -145,6 +145,16 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(self.service("jump = \(nine)\nknown_hosts = /dev/null").1.first, "ROOT/conf:6: error: s: the route goes through 9 jump hosts; tunneld allows 8 at most")
     }
 
+    func testJumpHostKeysCanBePinnedPerHop() throws {
+        let pin = "SHA256:" + String(repeating: "B", count: 43)
+        let (loaded, messages) = service("jump = bastion, relay\njump_fingerprint = - \(pin)\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.route.jump.map(\.fingerprint), [nil, pin])
+        XCTAssertNil(service.fingerprint)
+        XCTAssertEqual(self.service("jump = bastion\njump_fingerprint = \(pin) \(pin)").1.first, "ROOT/conf:7: error: s: jump_fingerprint names 2 keys for 1 jump host; give one per hop, first hop first (- for a hop checked by known_hosts)")
+        XCTAssertEqual(self.service("jump = bastion\njump_fingerprint = MD5:aa").1.first, "ROOT/conf:7: error: s: jump_fingerprint: fingerprint 'MD5:aa' is not SHA256:…; print it with ssh-keygen -lf KEYFILE")
+    }
+
     func testAJumpHostsMissingKeyIsAWarningWithAFixThroughTheHopBefore() {
         let known = fixture.write("known", "mail.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
         let messages = service("jump = bastion,alice@relay:2200\nknown_hosts = \(known)").1
