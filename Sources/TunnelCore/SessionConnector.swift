@@ -62,7 +62,7 @@ struct SessionConnector {
     private func openConnection(by deadline: ContinuousClock.Instant) throws -> (Int32, JumpLink?) {
         if let jumpRoute = key.jumpRoute {
             guard let jumpPool else { throw ConnectFailure(description: "no session pool to reach the jump host \(jumpRoute.login) with") }
-            let link = try JumpLink.open(to: key.server, through: jumpRoute, pool: jumpPool, logger: logger)
+            let link = try JumpLink.open(to: key.server, through: jumpRoute, pool: jumpPool)
             return (link.socket, link)
         }
         do {

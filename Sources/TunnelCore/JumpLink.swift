@@ -1,5 +1,4 @@
 import Glibc
-import Logging
 import Synchronization
 import TunnelConfig
 
@@ -18,7 +17,7 @@ final class JumpLink: Sendable {
     /// Opens a link to `server` through a session of `route`: returns at once, with the
     /// channel open under way; a session that writes meanwhile finds its bytes waiting in
     /// the socket until the channel takes them.
-    static func open(to server: Endpoint, through route: Route, pool: SessionPool, logger: Logger) throws -> JumpLink {
+    static func open(to server: Endpoint, through route: Route, pool: SessionPool) throws -> JumpLink {
         var ends: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
             let code = errno
