@@ -394,14 +394,15 @@ struct ServiceBuilder {
     /// known_hosts entry; the fix names the command that fetches it (through the jump hosts).
     mutating func checkKnownHosts(_ service: Service) {
         let route = service.route
-        for (index, hop) in (route.jump + [route]).enumerated() {
+        let chain = route.jump + [route]
+        for (index, hop) in chain.enumerated() {
             guard hop.fingerprint == nil, hop.hostKeyPolicy == .strict, let file = hop.knownHosts.first else { continue }
             let isJumpHost = index < route.jump.count
             let what = isJumpHost ? "jump host \(hop.server)" : "\(hop.server)"
             var scan = hop.server.port == 22 ? "ssh-keyscan \(hop.server.host)" : "ssh-keyscan -p \(hop.server.port) \(hop.server.host)"
             if index > 0 {
                 // Only the hop before sees this one: run ssh-keyscan there.
-                let previous = index <= route.jump.count ? route.jump[index - 1] : route.jump[route.jump.count - 1]
+                let previous = chain[index - 1]
                 let login = previous.server.port == 22 ? "\(previous.user)@\(previous.server.host)" : "-p \(previous.server.port) \(previous.user)@\(previous.server.host)"
                 scan = "ssh \(login) \(scan)"
             }
