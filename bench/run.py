@@ -112,6 +112,18 @@ class Bench:
                 wait_port(port)
             ports["pid"] = process.pid
             self.contenders[name] = ports
+        # Through a jump host (the same sshd serves as the jump host and the server): ssh -L with
+        # the ProxyCommand ssh -J makes (ssh -J does not pass -i and known_hosts to the jump
+        # process, so it is written out), and a tunneld whose stanzas say `jump`.
+        ports = {t: free_port() for t in TARGETS}
+        forwards = sum((["-L", "%d:127.0.0.1:%d" % (ports[t], getattr(self, t))] for t in ports), [])
+        proxy = "ssh %s -W %%h:%%p %s@127.0.0.1" % (" ".join(self.ssh_options), self.user)
+        process = self.start(["ssh", "-N", "-o", "ProxyCommand=" + proxy] + self.ssh_options + forwards + ["%s@127.0.0.1" % self.user])
+        for port in ports.values():
+            wait_port(port)
+        ports["pid"] = process.pid
+        self.contenders["ssh -J -L"] = ports
+        self.contenders["tunneld jump"] = self.start_tunneld("jump", linger=300, jump=True)
         # "tunneld" is the warm daemon as configured by default (sessions = 4); the 1,000
         # connections and the stalled reader are about one session, so they use a second one.
         self.contenders["tunneld"] = self.start_tunneld("warm", linger=300, sessions=4)
@@ -134,11 +146,13 @@ class Bench:
                 "    identity = %s/id_ed25519\n    identity_agent = none\n    known_hosts = %s/known_hosts\n%s}\n"
                 % (name, port, self.user, self.ssh_port, target, w, w, extra))
 
-    def start_tunneld(self, label, linger, sessions=None):
+    def start_tunneld(self, label, linger, sessions=None, jump=False):
         directory = "%s/tunneld-%s" % (self.work, label)
         os.makedirs(directory)
         ports = {t: free_port() for t in TARGETS}
         extra = "    linger = %d\n" % linger + ("    sessions = %d\n" % sessions if sessions else "")
+        if jump:
+            extra += "    jump = %s@127.0.0.1:%d\n" % (self.user, self.ssh_port)
         with open(directory + "/services", "w") as f:
             for target, port in ports.items():
                 f.write(self.stanza(target, port, getattr(self, target), extra))
@@ -210,7 +224,7 @@ class Bench:
         n = 40 if self.quick else 400
         slow = 5 if self.quick else 40
         for name, ports in self.contenders.items():
-            if "echo" not in ports or name == "tunneld sessions=1":
+            if "echo" not in ports or name in ("tunneld sessions=1", "ssh -J -L", "tunneld jump"):
                 continue
             cold = name in ("xinetd + ssh nc", "fresh ssh -W", "tunneld cold")
             # Warm contenders get one connection first; cold ones a pause so that nothing is reused.
@@ -236,6 +250,7 @@ class Bench:
         results += self.core_scaling(size // 8, rounds)
         results += self.many_connections(100 if self.quick else 1000)
         results += self.stalled_reader(size, rounds)
+        results += self.through_jump(*((20, 1000, 4) if self.quick else (200, 20000, 60)), size // 4, rounds)
         results += self.idle(3 if self.quick else 10)
         return results
 
@@ -255,6 +270,32 @@ class Bench:
             results.append((case + "longest", name, float(r.get("max_us", "nan")) / 1000, "ms", None))
             results.append((case + "exchanges over 1 s", name, float(r.get("over_1s", "nan")), "", None))
             results.append((case + "exchanges done", name, float(r.get("done", "nan")), "", None))
+        return results
+
+    def through_jump(self, count, timeout_ms, budget, size, rounds):
+        """Through a jump host: SMTP-shaped warm latency and one bulk connection each way, for
+        tunneld with `jump` (listed as "tunneld") against ssh -L through ssh -W (what ssh -J does)."""
+        results = []
+        names = (("ssh -J -L", "ssh -J -L"), ("tunneld jump", "tunneld"))
+        case = "through a jump host: server speaks first, "
+        for name, label in names:
+            port = self.contenders[name]["smtp"]
+            self.tool_run("smtplatency", port, 1, timeout_ms, budget)
+            r = self.tool_run("smtplatency", port, count, timeout_ms, budget)
+            self.check(name, "smtp latency through a jump host", r)
+            for key, what in (("median_us", "median"), ("p90_us", "p90")):
+                results.append((case + what, label, float(r.get(key, "nan")) / 1000, "ms", "low"))
+        best = {}
+        for index in range(rounds):
+            for name, label in names:
+                for direction, target, mode in (("up", "sink", "upload"), ("down", "source", "download")):
+                    r = self.tool_run(mode, self.contenders[name][target], size, 1)
+                    self.check(name, mode + " through a jump host", r)
+                    figure = float(r.get("mb_per_s", "nan"))
+                    if beats(figure, best.get((label, direction))):
+                        best[(label, direction)] = figure
+        results += [("through a jump host: bulk %s, 1 connection" % direction, label, best[(label, direction)], "MB/s", "high")
+                    for direction in ("up", "down") for _, label in names]
         return results
 
     def single_bulk(self, size, rounds):

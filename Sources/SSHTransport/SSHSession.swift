@@ -18,6 +18,13 @@ public final class SSHSession {
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
     private var isKeepaliveConfigured = false
+    /// Whether `socket` is TCP (not a link through a jump host), which quick ACKs apply to.
+    private let isTCP: Bool
+    /// Bytes that arrived since tunneld last sent the server anything.
+    private var bytesSinceSend = 0
+    /// Reads up to this size are acknowledged over a jump host (`acknowledgeReads`); bulk
+    /// transfers, whose packets are full size, need no help.
+    static let acknowledgedReadLimit = 16 * 1024
     /// The password a keyboard-interactive login under way answers with.
     var keyboardInteractive: KeyboardInteractiveState?
 
@@ -25,6 +32,10 @@ public final class SSHSession {
     public init(socket: Int32) throws {
         SSHLibrary.initialize()
         self.socket = socket
+        var family = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &family) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(socket, $0, &length) } }
+        isTCP = named == 0 && (family.ss_family == sa_family_t(AF_INET) || family.ss_family == sa_family_t(AF_INET6))
         guard let created = libssh2_session_init_ex(nil, nil, nil, nil) else {
             Glibc.close(socket)
             throw SSHError(code: LIBSSH2_ERROR_ALLOC, message: "libssh2 could not allocate a session", function: "libssh2_session_init_ex")
@@ -72,6 +83,7 @@ public final class SSHSession {
 
     fileprivate func transportSend(_ buffer: UnsafeRawPointer, _ length: Int) -> Int {
         if let sendError { return -Int(sendError) }
+        bytesSinceSend = 0
         var offset = 0
         if outgoing.isEmpty {
             let (sent, error) = OutgoingBuffer.send(socket, buffer, length)
@@ -92,6 +104,7 @@ public final class SSHSession {
             let received = Glibc.recv(socket, buffer, length, 0)
             if received > 0 {
                 lastReceived = .now
+                bytesSinceSend += received
                 acknowledgeQuickly()
                 return received
             }
@@ -111,6 +124,7 @@ public final class SSHSession {
     /// and Nagle holds the second until the first is acknowledged. Linux drops quick-ACK mode
     /// on its own, so this is re-armed after every read.
     private func acknowledgeQuickly() {
+        guard isTCP else { return }
         var on: Int32 = 1
         _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_QUICKACK, &on, socklen_t(MemoryLayout<Int32>.size))
     }
@@ -235,6 +249,31 @@ public final class SSHSession {
             throw ChannelOpenFailure.unanswered
         }
         throw error(code, "libssh2_channel_open_ex")
+    }
+
+    /// Over a jump host, what quick ACKs do on TCP (`acknowledgeQuickly`): when a few bytes
+    /// arrived and tunneld had nothing to send back, it sends a global request the server
+    /// does not answer. Without it, a server that speaks first (SMTP) would stall 40 ms on
+    /// most new channels: the server's sshd sends two small packets in a row (the open
+    /// confirmation and the target's first bytes; or the close of the previous channel and
+    /// the confirmation) to the jump host's sshd, and Nagle holds the second until the first
+    /// is acknowledged, which the jump host's kernel delays while it has nothing to send
+    /// back. The request is something to send back: the acknowledgement rides on it.
+    /// Call it at the end of each pass of the event loop, after the channels were served.
+    public func acknowledgeReads() throws {
+        guard !isTCP, (1...Self.acknowledgedReadLimit).contains(bytesSinceSend) else { return }
+        // libssh2 1.10 sends at most one request per interval; its interval is an `int`, in
+        // which UInt32.max reads as -1, so the "interval passed" test holds at once. (Were the
+        // arithmetic unsigned, nothing would be sent: the stall would come back, nothing else.)
+        // The keepalive settings are restored for `sendKeepalive`.
+        libssh2_keepalive_config(raw, 0, UInt32.max)
+        defer {
+            libssh2_keepalive_config(raw, 1, 2)
+            isKeepaliveConfigured = true
+        }
+        var next: Int32 = 0
+        let code = libssh2_keepalive_send(raw, &next)
+        if code != 0 && code != LIBSSH2_ERROR_EAGAIN { throw error(code, "libssh2_keepalive_send") }
     }
 
     /// Sends a global request that the server answers at once (OpenSSH says "failure"), to

@@ -10,7 +10,7 @@ enum AttributeTable {
     /// Service attributes (also allowed in `defaults`).
     static let service: [String: Kind] = [
         "port": .single, "bind": .single, "interface": .single, "server": .single, "user": .single,
-        "server_args": .single, "ssh_config": .single, "identity": .list, "identity_passphrase_file": .single,
+        "server_args": .single, "jump": .list, "jump_fingerprint": .list, "ssh_config": .single, "identity": .list, "identity_passphrase_file": .single,
         "identity_agent": .single, "password_file": .single, "known_hosts": .list, "host_key": .single, "fingerprint": .single,
         "linger": .single, "persistent": .single, "sessions": .single, "probe": .single, "permit": .list, "keepalive": .single, "connect_timeout": .single,
         "instances": .single, "per_source": .single, "cps": .single, "only_from": .list,

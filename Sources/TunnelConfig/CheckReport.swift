@@ -24,7 +24,7 @@ public struct CheckReport: Sendable {
             var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "OPTIONS"]]
             for service in services {
                 rows.append([
-                    service.name, "\(service.listen)", "\(service.user)@\(service.server)", service.isSocks ? "(SOCKS5)" : "\(service.target)",
+                    service.name, "\(service.listen)", service.route.chain, service.isSocks ? "(SOCKS5)" : "\(service.target)",
                     Self.options(of: service).joined(separator: " "),
                 ])
             }
@@ -44,6 +44,9 @@ public struct CheckReport: Sendable {
                 let agent = service.identityAgent.map { "agent \($0); " } ?? ""
                 let password = service.passwordFile.map { "; password_file \($0)" } ?? ""
                 lines.append("\(service.name): \(agent)identity \(service.identities.joined(separator: " "))\(password); known_hosts \(service.knownHosts.joined(separator: " "))")
+                for hop in service.route.jump {
+                    lines.append("\(service.name): jump host \(hop.login): identity \(hop.identities.joined(separator: " ")); known_hosts \(hop.knownHosts.joined(separator: " "))\(hop.fingerprint.map { "; fingerprint \($0)" } ?? (hop.hostKeyPolicy == .strict ? "" : "; host_key \(hop.hostKeyPolicy.rawValue)"))")
+                }
             }
             // Host aliases resolved by ssh -G, and where each setting came from.
             for service in services {

@@ -64,6 +64,7 @@ extension ServiceBuilder {
         }
 
         var identities = resolveIdentities(home: home) + commandIdentities.map { expand($0, home: home, attribute: "server_args") }
+        let writtenIdentities = identities
         if identities.isEmpty, let (config, _) = sshConfigHost, let files = config["identityfile"] {
             let paths = files.compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
             // As ssh does, files that do not exist are skipped.
@@ -71,7 +72,7 @@ extension ServiceBuilder {
         }
         let identitiesFromFile = sshConfigHost != nil && values["identity"] == nil && commandIdentities.isEmpty && !identities.isEmpty
         if identities.isEmpty {
-            identities = ["\(home)/.ssh/id_ed25519", "\(home)/.ssh/id_ecdsa"]
+            identities = Self.defaultIdentities(home: home)
         } else {
             checkIdentityFiles(identities)
         }
@@ -84,13 +85,14 @@ extension ServiceBuilder {
             agent = text.lowercased() == "none" ? nil : expand(text, home: home, attribute: "identity_agent")
         }
         var knownHosts = values["known_hosts"]?.words.map { expand($0, home: home, attribute: "known_hosts") } ?? []
+        let writtenKnownHosts = knownHosts
         var knownHostsFromFile = false
         if knownHosts.isEmpty, let (config, _) = sshConfigHost, let files = config["userknownhostsfile"] {
             knownHosts = files.flatMap { $0.split(separator: " ").map(String.init) }
                 .compactMap { sshConfigPath($0, home: configHome, host: sshHost ?? "", port: sshPort, user: login) }
             knownHostsFromFile = !knownHosts.isEmpty
         }
-        if knownHosts.isEmpty { knownHosts = ["\(home)/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts"] }
+        if knownHosts.isEmpty { knownHosts = Self.defaultKnownHosts(home: home) }
         var policy = HostKeyPolicy.strict
         var policyFromFile = false
         if values["host_key"] != nil, let text = single("host_key") {
@@ -120,15 +122,22 @@ extension ServiceBuilder {
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
         let permit = resolvePermit()
 
-        let route = sshHost.map { host in
+        var route = sshHost.map { host in
             Route(server: Endpoint(host: host, port: sshPort), user: login, identities: identities, identityPassphraseFile: passphraseFile,
                   identityAgent: agent, passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint)
         }
+        // Jump hosts log in with what the stanza says (not what ssh_config says of the server).
+        let hopTemplate = Route(
+            server: Endpoint(host: "", port: 22), user: "", identities: writtenIdentities.isEmpty ? Self.defaultIdentities(home: home) : writtenIdentities,
+            identityPassphraseFile: passphraseFile, identityAgent: agent,
+            knownHosts: writtenKnownHosts.isEmpty ? Self.defaultKnownHosts(home: home) : writtenKnownHosts,
+            hostKeyPolicy: values["host_key"] != nil ? policy : .strict)
+        route?.jump = buildJump(template: hopTemplate, home: home, configHome: configHome)
         return (route, target.map { Forwarding(target: $0, isSocks: isSocks, permit: permit) })
     }
 
     /// Notes where a setting of an ssh_config service came from, for `--check`.
-    private mutating func recordSSHConfig(_ name: String, _ value: String, fromFile: Bool, fromStanza: Bool) {
+    mutating func recordSSHConfig(_ name: String, _ value: String, fromFile: Bool, fromStanza: Bool) {
         sshConfigSettings.append(.init(name: name, value: value, source: fromFile ? "ssh_config" : fromStanza ? "stanza" : "default"))
     }
 

@@ -17,6 +17,8 @@ struct ServiceBuilder {
     var sshConfigHost: (host: SSHConfigHost, file: String)?
     var sshConfigAlias: String?
     var sshConfigSettings: [SSHConfigResolution.Setting] = []
+    /// Jump hosts the command form gave (`-J`, `-o ProxyJump=`), for `buildJump`.
+    var commandJumps: [String]?
 
     init(name: String, location: SourceLocation, values: AttributeValues, environment: ConfigurationLoader.Environment, names: ServiceNames) {
         self.name = name
@@ -190,6 +192,7 @@ struct ServiceBuilder {
                 error("server_args", message.text)
                 return (nil, 22, login, home, [], nil)
             case .success(let command):
+                commandJumps = command.jumps
                 if !command.ignoredOptions.isEmpty {
                     warning("server_args", "ssh options \(command.ignoredOptions.joined(separator: " ")) are ignored; tunneld makes the connection itself")
                 }
@@ -306,11 +309,6 @@ struct ServiceBuilder {
             error("ssh_config", "ssh_config: \(message.text)")
             return nil
         case .success(let host):
-            if let jump = host.value("proxyjump") ?? host.value("proxycommand") {
-                let keyword = host.value("proxyjump") != nil ? "ProxyJump" : "ProxyCommand"
-                error("ssh_config", "ssh_config gives \(alias) \(keyword) \(jump), and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
-                return nil
-            }
             return (host, file)
         }
     }
@@ -391,17 +389,29 @@ struct ServiceBuilder {
         }
     }
 
+    /// Warns when the server's, or a jump host's, host key will be refused for want of a
+    /// known_hosts entry; the fix names the command that fetches it (through the jump hosts).
     mutating func checkKnownHosts(_ service: Service) {
-        guard service.fingerprint == nil, service.hostKeyPolicy == .strict else { return }
-        let existing = service.knownHosts.filter { FileManager.default.fileExists(atPath: $0) }
-        let scan = service.server.port == 22 ? "ssh-keyscan \(service.server.host)" : "ssh-keyscan -p \(service.server.port) \(service.server.host)"
-        let file = service.knownHosts[0]
-        if existing.isEmpty {
-            warning(values["known_hosts"] == nil ? nil : "known_hosts", "no known_hosts file (\(service.knownHosts.joined(separator: ", "))) exists, so the server's host key will be refused; after checking the key, run: \(scan) >> \(file)")
-            return
-        }
-        if KnownHosts.load(paths: existing, hasher: environment.hostNameHasher).keys(forHost: service.server.host, port: service.server.port).isEmpty {
-            warning(values["known_hosts"] == nil ? nil : "known_hosts", "known_hosts holds no key for \(service.server); after checking the key, run: \(scan) >> \(file)")
+        let route = service.route
+        let chain = route.jump + [route]
+        for (index, hop) in chain.enumerated() {
+            guard hop.fingerprint == nil, hop.hostKeyPolicy == .strict, let file = hop.knownHosts.first else { continue }
+            let isJumpHost = index < route.jump.count
+            let what = isJumpHost ? "jump host \(hop.server)" : "\(hop.server)"
+            var scan = hop.server.port == 22 ? "ssh-keyscan \(hop.server.host)" : "ssh-keyscan -p \(hop.server.port) \(hop.server.host)"
+            if index > 0 {
+                // Only the hop before sees this one: run ssh-keyscan there.
+                let previous = chain[index - 1]
+                let login = previous.server.port == 22 ? "\(previous.user)@\(previous.server.host)" : "-p \(previous.server.port) \(previous.user)@\(previous.server.host)"
+                scan = "ssh \(login) \(scan)"
+            }
+            let attribute = values["known_hosts"] == nil ? nil : "known_hosts"
+            let existing = hop.knownHosts.filter { FileManager.default.fileExists(atPath: $0) }
+            if existing.isEmpty {
+                warning(attribute, "no known_hosts file (\(hop.knownHosts.joined(separator: ", "))) exists, so \(isJumpHost ? "the host key of \(what)" : "the server's host key") will be refused; after checking the key, run: \(scan) >> \(file)")
+            } else if KnownHosts.load(paths: existing, hasher: environment.hostNameHasher).keys(forHost: hop.server.host, port: hop.server.port).isEmpty {
+                warning(attribute, "known_hosts holds no key for \(what); after checking the key, run: \(scan) >> \(file)")
+            }
         }
     }
 

@@ -32,12 +32,16 @@ public struct Route: Sendable, Hashable {
     public var hostKeyPolicy: HostKeyPolicy
     /// A pinned host key fingerprint (`SHA256:…`), which replaces known_hosts when set.
     public var fingerprint: String?
+    /// Jump hosts (`jump`, ProxyJump), first hop first, each a route of its own without jump
+    /// hosts: the session to `server` runs over a channel of a session to the last hop.
+    public var jump: [Route]
 
     public init(
         server: Endpoint, user: String, identities: [String] = [], identityPassphraseFile: String? = nil,
         identityAgent: String? = nil, passwordFile: String? = nil, knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
-        fingerprint: String? = nil
+        fingerprint: String? = nil, jump: [Route] = []
     ) {
+        self.jump = jump
         self.passwordFile = passwordFile
         self.server = server
         self.user = user
@@ -47,6 +51,24 @@ public struct Route: Sendable, Hashable {
         self.knownHosts = knownHosts
         self.hostKeyPolicy = hostKeyPolicy
         self.fingerprint = fingerprint
+    }
+}
+
+extension Route {
+    /// The route to the last jump host, itself over the hops before it; nil without jump hosts.
+    /// Its sessions carry this route's sessions, and are shared by every route behind it.
+    public var jumpRoute: Route? {
+        guard var last = jump.last else { return nil }
+        last.jump = Array(jump.dropLast())
+        return last
+    }
+
+    /// `user@host:port`.
+    public var login: String { "\(user)@\(server)" }
+
+    /// Every hop and the server, as `alice@bastion:22 -> tunnel@mail:22`.
+    public var chain: String {
+        (jump + [self]).map(\.login).joined(separator: " -> ")
     }
 }
 

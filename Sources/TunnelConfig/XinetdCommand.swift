@@ -6,6 +6,9 @@ struct XinetdCommand: Equatable {
     var user: String?
     var identities: [String] = []
     var target: Endpoint
+    /// Jump hosts from `-J` or `-o ProxyJump=` (or a `-o ProxyCommand=ssh -W %h:%p HOST`),
+    /// `[user@]host[:port]` each, first hop first; nil when none was given.
+    var jumps: [String]?
     /// ssh options tunneld does not use, for a warning.
     var ignoredOptions: [String] = []
 
@@ -26,6 +29,7 @@ struct XinetdCommand: Equatable {
         var user: String?
         var identities: [String] = []
         var forward: String?
+        var jumps: [String]?
         var ignored: [String] = []
         var index = 0
         var command: [String] = []
@@ -48,12 +52,15 @@ struct XinetdCommand: Equatable {
                     port = number
                 case "user": user = parts[1]
                 case "identityfile": identities.append(parts[1])
-                case "proxyjump", "proxycommand":
-                    return "ssh -o \(parts[0])=… goes through another host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services"
+                case "proxyjump": jumps = JumpHosts.list(parts[1])
+                case "proxycommand":
+                    guard let host = JumpHosts.host(inProxyCommand: parts[1]) else {
+                        return "ssh -o ProxyCommand=\(parts[1]) runs a program tunneld cannot; only ssh -W %h:%p HOST is understood (as a jump host): use -J HOST"
+                    }
+                    jumps = [host]
                 default: ignored.append("-o \(value)")
                 }
-            case "J":
-                return "ssh -J \(value) goes through a jump host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services"
+            case "J": jumps = JumpHosts.list(value)
             default:
                 ignored.append("-\(name) \(value)")
             }
@@ -119,6 +126,6 @@ struct XinetdCommand: Equatable {
             }
             target = Endpoint(host: targetHost, port: targetPort)
         }
-        return .success(XinetdCommand(host: sshHost, port: port, user: user, identities: identities, target: target, ignoredOptions: ignored))
+        return .success(XinetdCommand(host: sshHost, port: port, user: user, identities: identities, target: target, jumps: jumps, ignoredOptions: ignored))
     }
 }

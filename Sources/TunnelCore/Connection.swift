@@ -113,7 +113,7 @@ final class Connection: @unchecked Sendable {
             "service": "\(service.name)",
             "peer": "\(peer)",
             "target": "\(target)",
-            "via": "\(service.user)@\(service.server)",
+            "via": "\(service.route.chain)",
             "duration": "\(seconds.threeDecimals)",
             "bytes.up": "\(bytesUp)",
             "bytes.down": "\(bytesDown)",

@@ -167,7 +167,7 @@ public final class Daemon {
             let server = pool.status(of: service.sessionKey)
             let probe = pool.health.result(for: service.name)
             return StatusReport.ServiceStatus(
-                name: service.name, listen: "\(service.listen)", via: "\(service.user)@\(service.server)",
+                name: service.name, listen: "\(service.listen)", via: service.route.chain,
                 target: "\(service.target)", session: server.state, sessionsUp: server.sessionsUp,
                 retryAt: server.retryAt.map(StatusReport.timestamp),
                 connectError: server.lastError, connectErrorAt: server.lastErrorAt.map(StatusReport.timestamp),
@@ -221,7 +221,7 @@ public final class Daemon {
             }
             logger.info("listening", metadata: [
                 "service": "\(service.name)", "listen": "\(service.listenAddresses.map(\.description).joined(separator: ","))",
-                "via": "\(service.user)@\(service.server)", "target": "\(service.target)",
+                "via": "\(service.route.chain)", "target": "\(service.target)",
             ])
             return Listener.Endpoint(fds: fds, service: service, stats: stats, limits: limits)
         } catch {

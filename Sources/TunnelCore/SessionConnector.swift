@@ -12,12 +12,15 @@ struct ConnectFailure: Error, CustomStringConvertible {
     var isLocalShortage = false
 }
 
-/// Sets up one SSH session for a session key: TCP connect, handshake, host-key check and
-/// authentication, all within the connect timeout. Runs on the session's own thread.
+/// Sets up one SSH session for a session key: TCP connect (or a link through the jump host),
+/// handshake, host-key check and authentication, all within the connect timeout. Runs on the
+/// session's own thread.
 struct SessionConnector {
     let key: SessionKey
     let connectTimeout: Double
     let logger: Logger
+    /// The pool whose sessions to the jump host carry this one, for a route with jump hosts.
+    var jumpPool: SessionPool?
 
     /// Returns an authenticated session, or throws `ConnectFailure` saying what went wrong.
     func connect() throws -> SSHSession {
@@ -43,17 +46,32 @@ struct SessionConnector {
     /// TCP connect and SSH handshake, offering `algorithms` for the host key (libssh2's own
     /// preference when empty).
     private func handshake(preferring algorithms: [String], by deadline: ContinuousClock.Instant) throws -> SSHSession {
-        let fd: Int32
+        let (fd, link) = try openConnection(by: deadline)
+        let session = try SSHSession(socket: fd)
+        session.preferHostKeyAlgorithms(algorithms)
         do {
-            fd = try Socket.connect(host: key.server.host, port: key.server.port, by: deadline)
+            try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
+        } catch {
+            // Through a jump host, the jump host's own failure is the one to report.
+            if let reason = link?.failure() { throw ConnectFailure(description: reason) }
+            throw error
+        }
+        return session
+    }
+
+    /// A TCP connection to the server, or a link to it through the last jump host.
+    private func openConnection(by deadline: ContinuousClock.Instant) throws -> (Int32, JumpLink?) {
+        if let jumpRoute = key.jumpRoute {
+            guard let jumpPool else { throw ConnectFailure(description: "no session pool to reach the jump host \(jumpRoute.login) with") }
+            let link = try JumpLink.open(to: key.server, through: jumpRoute, pool: jumpPool)
+            return (link.socket, link)
+        }
+        do {
+            return (try Socket.connect(host: key.server.host, port: key.server.port, by: deadline), nil)
         } catch {
             let shortage = (error as? SocketError).map { [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains($0.code) } ?? false
             throw ConnectFailure(description: "cannot connect to \(key.server): \(error)", isLocalShortage: shortage)
         }
-        let session = try SSHSession(socket: fd)
-        session.preferHostKeyAlgorithms(algorithms)
-        try session.complete("the SSH handshake with \(key.server)", by: deadline) { try session.handshake() }
-        return session
     }
 
     /// A session whose host key has the pinned fingerprint. A server with several host keys

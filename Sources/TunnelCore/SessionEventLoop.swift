@@ -163,6 +163,7 @@ final class SessionEventLoop {
             // The probes above may have read data for channels, or opened one: deliver it now.
             try settle()
             connections.removeAll { $0.isClosed }
+            try session.acknowledgeReads()
             try session.flush()
         } catch {
             return die(Self.describe(error))

@@ -56,10 +56,10 @@ final class SessionPool: @unchecked Sendable {
     init(services: [Service], logger: Logger, watchdog: Watchdog? = nil) {
         self.logger = logger
         self.watchdog = watchdog
-        let byKey = Dictionary(grouping: services, by: \.sessionKey)
+        let byKey = SessionSettings.byKey(services)
         state.withLock { state in
-            for (key, group) in byKey {
-                state.servers[key] = Server(settings: SessionSettings(key: key, services: group))
+            for (key, settings) in byKey {
+                state.servers[key] = Server(settings: settings)
             }
         }
     }
@@ -193,7 +193,10 @@ final class SessionPool: @unchecked Sendable {
     /// suspect and their backoff is reset. Returns the session keys touched.
     @discardableResult
     func reconnect(services: [Service]) -> Int {
-        let keys = services.isEmpty ? nil : Set(services.map(\.sessionKey))
+        // A service's sessions, and those of its jump hosts.
+        let keys = services.isEmpty ? nil : Set(services.flatMap { service in
+            sequence(first: service.sessionKey, next: \.jumpRoute)
+        })
         networkChanged(resetBackoff: true, keys: keys)
         return keys?.count ?? state.withLock { $0.servers.count }
     }
@@ -227,15 +230,14 @@ final class SessionPool: @unchecked Sendable {
     /// next sessions; sessions of keys no longer used, or whose settings changed, finish
     /// their connections and end.
     func update(services: [Service]) {
-        let byKey = Dictionary(grouping: services, by: \.sessionKey)
+        let byKey = SessionSettings.byKey(services)
         let retiring = state.withLock { state -> [SessionSupervisor] in
             var retiring: [SessionSupervisor] = []
             for (key, server) in state.servers where byKey[key] == nil {
                 retiring += server.supervisors
                 state.servers[key] = nil
             }
-            for (key, group) in byKey {
-                let settings = SessionSettings(key: key, services: group)
+            for (key, settings) in byKey {
                 if var server = state.servers[key] {
                     if server.settings != settings {
                         // Running sessions keep their settings; the next ones get the new.

@@ -14,16 +14,42 @@ struct SessionSettings: Equatable, Sendable {
     /// Health probes of targets, run by the persistent session.
     var healthChecks: [HealthCheck]
 
-    init(key: SessionKey, services: [Service]) {
+    /// - `services`: the services whose own route `key` is;
+    /// - `carried`: the services whose route goes through `key` as a jump host. Their
+    ///   sessions' lifetimes and liveness rules count too; whether the session is persistent
+    ///   and what it probes are the own services' alone (a persistent session behind a jump
+    ///   host keeps the jump host's session up through its own link).
+    init(key: SessionKey, services: [Service], carried: [Service] = []) {
         self.key = key
-        linger = services.map(\.linger).max() ?? 30
+        let all = services + carried
+        linger = all.map(\.linger).max() ?? 30
         isPersistent = services.contains(where: \.isPersistent)
-        keepalive = services.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
-        connectTimeout = services.map(\.connectTimeout).max() ?? 10
-        maxSessions = services.map(\.sessions).max() ?? 4
+        keepalive = all.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
+        connectTimeout = all.map(\.connectTimeout).max() ?? 10
+        maxSessions = all.map(\.sessions).max() ?? 4
         healthChecks = services.compactMap { service in
             service.probeInterval.map { HealthCheck(service: service.name, target: service.target, interval: $0) }
         }
+    }
+
+    /// The settings of every session key `services` need: their routes, and the routes to
+    /// their jump hosts (each shared by every route behind it).
+    static func byKey(_ services: [Service]) -> [SessionKey: SessionSettings] {
+        var own: [SessionKey: [Service]] = [:]
+        var carried: [SessionKey: [Service]] = [:]
+        for service in services {
+            own[service.sessionKey, default: []].append(service)
+            var next = service.sessionKey.jumpRoute
+            while let jumpRoute = next {
+                carried[jumpRoute, default: []].append(service)
+                next = jumpRoute.jumpRoute
+            }
+        }
+        var settings: [SessionKey: SessionSettings] = [:]
+        for key in Set(own.keys).union(carried.keys) {
+            settings[key] = SessionSettings(key: key, services: own[key] ?? [], carried: carried[key] ?? [])
+        }
+        return settings
     }
 
     /// Seconds of silence from the server after which the session counts as dead.

@@ -104,7 +104,9 @@ final class SessionSupervisor: @unchecked Sendable {
     }
 
     private var metadata: Logger.Metadata {
-        ["ssh.host": "\(settings.key.server)", "ssh.user": "\(settings.key.user)"]
+        var metadata: Logger.Metadata = ["ssh.host": "\(settings.key.server)", "ssh.user": "\(settings.key.user)"]
+        if !settings.key.jump.isEmpty { metadata["ssh.jump"] = "\(settings.key.jump.map(\.login).joined(separator: ","))" }
+        return metadata
     }
 
     private func setPhase(_ phase: Phase) {
@@ -151,7 +153,7 @@ final class SessionSupervisor: @unchecked Sendable {
     // MARK: The thread
 
     private func run() {
-        let connector = SessionConnector(key: settings.key, connectTimeout: settings.connectTimeout, logger: logger)
+        let connector = SessionConnector(key: settings.key, connectTimeout: settings.connectTimeout, logger: logger, jumpPool: pool)
         while !(isStopping && !hasWaitingClients) {
             if isPersistent && !hasWaitingClients, let wait = pool.backoffWait(for: settings.key) {
                 setPhase(.backingOff)

@@ -25,6 +25,9 @@ protocol TunnelSession: AnyObject {
     func probe() throws -> Void?
     /// A global request the server answers, for when a channel open is under way.
     func sendKeepalive() throws
+    /// Over a jump host, sends the server something after a small read that left nothing to
+    /// send, so that its next small packet is not held for an acknowledgement (Nagle).
+    func acknowledgeReads() throws
     /// Cuts the connection to a server that is gone, so freeing channels does not wait.
     func abandon()
     /// Says goodbye, as far as the socket takes it without blocking.

@@ -60,7 +60,7 @@ final class InstallTests: XCTestCase {
         let install = try make(["install", "DESTDIR=\(root.path)", "PREFIX=/usr"])
         XCTAssertEqual(install.status, 0, install.output + install.error)
 
-        let examples = ["http-behind-firewall", "sip2-kiosk", "smtp-laptop", "xinetd-smtp"]
+        let examples = ["http-behind-firewall", "sip2-kiosk", "sip2-via-bastion", "smtp-laptop", "xinetd-smtp"]
         let expected = [
             "/etc/NetworkManager/dispatcher.d/90-tunneld",
             "/etc/tunneld/services.d/00-defaults",
@@ -170,7 +170,7 @@ final class InstallTests: XCTestCase {
         XCTAssertEqual(conffiles.output.split(separator: "\n").map(String.init), [
             "/etc/NetworkManager/dispatcher.d/90-tunneld", "/etc/tunneld/services.d/00-defaults",
             "/etc/tunneld/services.d/http-behind-firewall", "/etc/tunneld/services.d/sip2-kiosk",
-            "/etc/tunneld/services.d/smtp-laptop", "/etc/tunneld/services.d/xinetd-smtp",
+            "/etc/tunneld/services.d/sip2-via-bastion", "/etc/tunneld/services.d/smtp-laptop", "/etc/tunneld/services.d/xinetd-smtp",
         ])
 
         let contents = try runProgram("/usr/bin/dpkg-deb", ["--contents", deb])

@@ -54,15 +54,4 @@ final class SSHConfigAliasTests: SSHTestCase {
               keepalive 15 3 (default)
             """), check.output + check.error)
     }
-
-    func testAJumpHostInTheAliasIsAClearErrorAtStart() throws {
-        let home = ScratchDirectory("home")
-        try FileManager.default.createDirectory(atPath: home.file(".ssh"), withIntermediateDirectories: true)
-        home.write(".ssh/config", "Host behind\n    HostName 10.1.2.3\n    ProxyJump bastion.example.org\n")
-        let directory = ScratchDirectory("conf")
-        directory.write("jump", "service jump\n{\n    port = \(TCP.freePort())\n    server = behind\n    ssh_config = yes\n    server_args = 127.0.0.1 25\n}\n")
-        let check = try runProgram(TunneldProcess.binary, ["--check", "-f", directory.file("jump")], environment: ["HOME": home.path, "PATH": "/usr/bin:/bin"])
-        XCTAssertEqual(check.status, 1)
-        XCTAssertTrue(check.output.contains("\(directory.file("jump")):5: error: jump: ssh_config gives behind ProxyJump bastion.example.org, and tunneld does not support jump hosts yet"), check.output + check.error)
-    }
 }

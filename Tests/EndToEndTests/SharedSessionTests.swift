@@ -134,11 +134,11 @@ final class SharedSessionTests: SSHTestCase {
             let started = Date()
             let fd = try TCP.connect(port: port, timeout: 5)
             defer { close(fd) }
-            _ = try readLine(fd)
+            _ = try TCP.readLine(fd)
             try TCP.sendAll(fd, Array("EHLO laptop\r\n".utf8))
-            _ = try readLine(fd)
+            _ = try TCP.readLine(fd)
             try TCP.sendAll(fd, Array("QUIT\r\n".utf8))
-            _ = try readLine(fd)
+            _ = try TCP.readLine(fd)
             return Date().timeIntervalSince(started)
         }
         _ = try exchange()
@@ -245,17 +245,6 @@ final class SharedSessionTests: SSHTestCase {
         XCTAssertEqual(sshd.acceptedLogins, 2, "16 busy connections spread over the 2 sessions allowed")
         let status = try runProgram(TunneldProcess.binary, ["status", "--json", "--socket", tunneld.directory.file("control.sock")])
         XCTAssertTrue(status.output.contains("\"sessionsUp\" : 2"), status.output)
-    }
-
-    private func readLine(_ fd: Int32) throws -> String {
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while line.last != UInt8(ascii: "\n") {
-            let count = recv(fd, &byte, 1, 0)
-            guard count == 1 else { throw TCP.Failure(description: "connection closed after \(line.count) bytes of a line") }
-            line.append(byte)
-        }
-        return String(decoding: line, as: UTF8.self)
     }
 }
 

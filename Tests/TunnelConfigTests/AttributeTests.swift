@@ -131,6 +131,39 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(self.service("no_access = bad!host").1.first, "ROOT/conf:6: error: s: no_access: 'bad!host' is not an address, a CIDR block or a host name")
     }
 
+    func testJumpHosts() throws {
+        let (loaded, messages) = service("jump = alice@bastion.example.org:2222, relay\nfingerprint = SHA256:\(String(repeating: "A", count: 43))\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.route.jump.map(\.login), ["alice@bastion.example.org:2222", "kiosk@relay:22"])
+        XCTAssertEqual(service.route.jump.map(\.fingerprint), [nil, nil], "fingerprint pins the final server only")
+        XCTAssertEqual(service.route.jump.map(\.knownHosts), [["/dev/null"], ["/dev/null"]])
+        XCTAssertEqual(service.route.jumpRoute?.login, "kiosk@relay:22")
+        XCTAssertEqual(service.route.jumpRoute?.jump.map(\.login), ["alice@bastion.example.org:2222"])
+        XCTAssertEqual(self.service("jump = none\nknown_hosts = /dev/null").0?.route.jump, [])
+        XCTAssertEqual(self.service("jump = bastion:99999").1.first, "ROOT/conf:6: error: s: jump host 'bastion:99999' is not [USER@]HOST[:PORT]; write e.g. jump = alice@bastion.example.org:22")
+        let nine = (1...9).map { "h\($0)" }.joined(separator: ",")
+        XCTAssertEqual(self.service("jump = \(nine)\nknown_hosts = /dev/null").1.first, "ROOT/conf:6: error: s: the route goes through 9 jump hosts; tunneld allows 8 at most")
+    }
+
+    func testJumpHostKeysCanBePinnedPerHop() throws {
+        let pin = "SHA256:" + String(repeating: "B", count: 43)
+        let (loaded, messages) = service("jump = bastion, relay\njump_fingerprint = - \(pin)\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.route.jump.map(\.fingerprint), [nil, pin])
+        XCTAssertNil(service.fingerprint)
+        XCTAssertEqual(self.service("jump = bastion\njump_fingerprint = \(pin) \(pin)").1.first, "ROOT/conf:7: error: s: jump_fingerprint names 2 keys for 1 jump host; give one per hop, first hop first (- for a hop checked by known_hosts)")
+        XCTAssertEqual(self.service("jump = bastion\njump_fingerprint = MD5:aa").1.first, "ROOT/conf:7: error: s: jump_fingerprint: fingerprint 'MD5:aa' is not SHA256:…; print it with ssh-keygen -lf KEYFILE")
+    }
+
+    func testAJumpHostsMissingKeyIsAWarningWithAFixThroughTheHopBefore() {
+        let known = fixture.write("known", "mail.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+        let messages = service("jump = bastion,alice@relay:2200\nknown_hosts = \(known)").1
+        XCTAssertEqual(messages, [
+            "ROOT/conf:7: warning: s: known_hosts holds no key for jump host bastion:22; after checking the key, run: ssh-keyscan bastion >> ROOT/known",
+            "ROOT/conf:7: warning: s: known_hosts holds no key for jump host relay:2200; after checking the key, run: ssh kiosk@bastion ssh-keyscan -p 2200 relay >> ROOT/known",
+        ])
+    }
+
     func testFingerprint() {
         let good = "SHA256:" + String(repeating: "A", count: 43)
         XCTAssertEqual(service("fingerprint = \(good)").0?.fingerprint, good)

@@ -149,5 +149,18 @@ final class LoaderTests: XCTestCase {
         let kiosk = try XCTUnwrap(configuration.services.first { $0.name == "sip2" })
         XCTAssertTrue(kiosk.isPersistent)
         XCTAssertEqual(kiosk.target, Endpoint(host: "carbon", port: 6001))
+        XCTAssertEqual(configuration.disabledServices.map(\.name), ["sip2-bastion"], "the bastion example is off in the repository too")
+    }
+
+    func testTheShippedBastionExampleRunsOnceEnabled() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("services.d/sip2-via-bastion").path
+        let text = try String(contentsOfFile: example, encoding: .utf8)
+        XCTAssertTrue(text.contains("    disable         = yes\n"))
+        fixture.write("bastion", text.replacingOccurrences(of: "    disable         = yes\n", with: "    disable         = no\n"))
+        let configuration = fixture.load("bastion")
+        XCTAssertFalse(configuration.hasErrors, fixture.messages(configuration).joined(separator: "\n"))
+        let service = try XCTUnwrap(configuration.services.first)
+        XCTAssertEqual(service.route.chain, "kiosk@bastion.example.org:22 -> kiosk@carbon:22")
+        XCTAssertEqual(service.target, Endpoint(host: "localhost", port: 6001))
     }
 }

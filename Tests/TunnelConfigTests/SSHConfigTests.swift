@@ -27,6 +27,20 @@ final class SSHConfigTests: XCTestCase {
                 ProxyJump bastion.example.org
             Host proxied
                 ProxyCommand nc %h %p
+            Host walled
+                HostName 10.0.0.10
+                ProxyJump gate,mail
+            Host gate
+                HostName 192.0.2.7
+                Port 2022
+                User warden
+                StrictHostKeyChecking accept-new
+            Host wrapped
+                ProxyCommand ssh -q -W %h:%p -l porter gate
+            Host loop1
+                ProxyJump loop2
+            Host loop2
+                ProxyJump loop1
             """)
     }
 
@@ -89,10 +103,38 @@ final class SSHConfigTests: XCTestCase {
         XCTAssertEqual(service.sshConfig?.file, other)
     }
 
-    func testJumpHostsAreAClearError() {
-        XCTAssertEqual(service("server = jumpy\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config gives jumpy ProxyJump bastion.example.org, and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
-        XCTAssertEqual(service("server = proxied\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config gives proxied ProxyCommand nc %h %p, and tunneld does not support jump hosts yet; connect to a server tunneld reaches directly")
-        XCTAssertNil(service("server = jumpy\nssh_config = yes").0)
+    func testProxyJumpHostsAreResolvedAsAliasesToo() throws {
+        let (loaded, messages) = service("server = walled\nssh_config = yes\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "10.0.0.10", port: 22))
+        XCTAssertEqual(service.route.jump.map(\.server), [Endpoint(host: "192.0.2.7", port: 2022), Endpoint(host: "127.0.0.1", port: 2222)])
+        XCTAssertEqual(service.route.jump.map(\.user), ["warden", "postman"])
+        XCTAssertEqual(service.route.jump[0].hostKeyPolicy, .acceptNew, "each hop has its own host key rule")
+        XCTAssertEqual(service.route.jump[1].identities, [fixture.home + "/.ssh/id_mail"], "and its own identity")
+        XCTAssertEqual(service.route.jump[1].knownHosts, [fixture.home + "/.ssh/known_hosts_mail"])
+        XCTAssertEqual(service.route.jumpRoute?.server, Endpoint(host: "127.0.0.1", port: 2222))
+        XCTAssertEqual(service.route.jumpRoute?.jump.map(\.server), [Endpoint(host: "192.0.2.7", port: 2022)])
+        XCTAssertEqual(service.route.chain, "warden@192.0.2.7:2022 -> postman@127.0.0.1:2222 -> kiosk@10.0.0.10:22")
+        XCTAssertEqual(service.sshConfig?.settings.first { $0.name == "jump" }, .init(name: "jump", value: "warden@192.0.2.7:2022,postman@127.0.0.1:2222", source: "ssh_config"))
+    }
+
+    func testAnSSHDashWProxyCommandIsAJumpHost() throws {
+        let (loaded, messages) = service("server = wrapped\nssh_config = yes\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.route.jump.map(\.login), ["porter@192.0.2.7:2022"], "-l wins over the alias's User, as ssh does")
+    }
+
+    func testTheStanzasJumpWinsOverProxyJump() throws {
+        let (loaded, messages) = service("server = jumpy\nssh_config = yes\njump = none\nknown_hosts = /dev/null")
+        XCTAssertEqual(try XCTUnwrap(loaded, "\(messages)").route.jump, [])
+        let (other, _) = service("server = jumpy\nssh_config = yes\njump = alice@gate:22\nknown_hosts = /dev/null")
+        XCTAssertEqual(other?.route.jump.map(\.login), ["alice@192.0.2.7:22"], "written user and port win over the alias's")
+    }
+
+    func testOtherProxyCommandsAndLoopsAreClearErrors() {
+        XCTAssertEqual(service("server = proxied\nssh_config = yes").1.first, "ROOT/conf:6: error: s: ssh_config gives proxied ProxyCommand nc %h %p, which tunneld cannot run; only ssh -W %h:%p HOST is understood (as a jump host): use ProxyJump HOST, or set jump in the stanza")
+        XCTAssertNil(service("server = proxied\nssh_config = yes").0)
+        XCTAssertEqual(service("server = loop1\nssh_config = yes\nknown_hosts = /dev/null").1.first, "ROOT/conf:6: error: s: ssh_config's ProxyJump settings go round in a loop (loop1 -> loop2 -> loop1); fix the ssh_config file")
     }
 
     func testAMissingConfigFileIsAnError() {

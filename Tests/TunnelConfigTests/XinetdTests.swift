@@ -75,9 +75,18 @@ final class XinetdTests: XCTestCase {
         XCTAssertEqual(load(body + "flags = SENSOR").1.first, "ROOT/conf:6: warning: old: flag SENSOR has no meaning for tunneld; ignored")
     }
 
-    func testJumpHostsAreRefusedBecauseIgnoringThemWouldChangeTheRoute() {
-        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -J bastion inner nc localhost 25").1.first, "ROOT/conf:5: error: old: ssh -J bastion goes through a jump host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services")
-        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -o ProxyJump=bastion inner nc localhost 25").1.first, "ROOT/conf:5: error: old: ssh -o ProxyJump=… goes through another host; tunneld cannot, and ignoring it would change the route: point server at the host it reaches, or chain two services")
+    func testJumpHostOptionsBecomeJumpHosts() throws {
+        let (loaded, messages) = load("port = 1\nserver = /usr/bin/ssh\nserver_args = -J carol@bastion:2222,relay inner nc localhost 25\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.server, Endpoint(host: "inner", port: 22))
+        XCTAssertEqual(service.route.jump.map(\.login), ["carol@bastion:2222", "kiosk@relay:22"], "a hop without user@ logs in as the account, as ssh does")
+        XCTAssertEqual(service.route.jump.first?.identities, service.identities, "hops use the stanza's keys")
+        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -o ProxyJump=bastion inner nc localhost 25\nknown_hosts = /dev/null").0?.route.jump.map(\.login), ["kiosk@bastion:22"])
+        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -o ProxyJump=none inner nc localhost 25\nknown_hosts = /dev/null").0?.route.jump, [])
+    }
+
+    func testProxyCommandsOtherThanSSHDashWAreRefused() {
+        XCTAssertEqual(load("port = 1\nserver = /usr/bin/ssh\nserver_args = -o ProxyCommand=nc inner nc localhost 25").1.first, "ROOT/conf:5: error: old: ssh -o ProxyCommand=nc runs a program tunneld cannot; only ssh -W %h:%p HOST is understood (as a jump host): use -J HOST")
     }
 
     func testCommandsOtherThanNetcatAreRefused() {

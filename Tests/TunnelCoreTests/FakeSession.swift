@@ -136,6 +136,10 @@ final class FakeSession: TunnelSession {
         keepalives += 1
     }
 
+    func acknowledgeReads() throws {
+        if let failure { throw failure }
+    }
+
     func abandon() {
         isAbandoned = true
     }

@@ -24,6 +24,24 @@ final class SessionSettingsTests: XCTestCase {
         XCTAssertEqual(settings.silenceLimit, 15)
     }
 
+    func testJumpHostsGetSessionSettingsFromEveryServiceBehindThem() {
+        let bastion = Route(server: Endpoint(host: "bastion", port: 22), user: "kiosk")
+        let relay = Route(server: Endpoint(host: "relay", port: 22), user: "kiosk")
+        var a = service("a", linger: 5, persistent: true, keepalive: Keepalive(interval: 15, count: 3), timeout: 4)
+        a.route.jump = [bastion, relay]
+        var b = service("b", linger: 90, persistent: false, keepalive: Keepalive(interval: 7, count: 3), timeout: 4)
+        b.route.server = Endpoint(host: "mail", port: 22)
+        b.route.jump = [bastion]
+        let settings = SessionSettings.byKey([a, b])
+        XCTAssertEqual(Set(settings.keys), [a.sessionKey, b.sessionKey, bastion, Route(server: relay.server, user: "kiosk", jump: [bastion])])
+        let shared = settings[bastion]!
+        XCTAssertEqual(shared.linger, 90, "the longest linger of the services behind it")
+        XCTAssertEqual(shared.keepalive.interval, 7)
+        XCTAssertFalse(shared.isPersistent, "kept up by the persistent session it carries, not on its own")
+        XCTAssertTrue(settings[a.sessionKey]!.isPersistent)
+        XCTAssertEqual(settings[a.sessionKey]!.linger, 5)
+    }
+
     func testAClientWaitingOnAQuietSessionGetsAShortProbeBound() {
         let a = service("a", linger: 5, persistent: false, keepalive: Keepalive(), timeout: 10)
         let settings = SessionSettings(key: a.sessionKey, services: [a])

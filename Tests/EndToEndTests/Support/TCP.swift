@@ -95,6 +95,18 @@ enum TCP {
         return result
     }
 
+    /// Reads one line, up to and with its `\n`, a byte at a time.
+    static func readLine(_ fd: Int32) throws -> String {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.last != UInt8(ascii: "\n") {
+            let count = recv(fd, &byte, 1, 0)
+            guard count == 1 else { throw Failure(description: "connection closed after \(line.count) bytes of a line") }
+            line.append(byte)
+        }
+        return String(decoding: line, as: UTF8.self)
+    }
+
     /// Sends `bytes` (then half-closes) while reading everything back, as an echo client does.
     /// Returns what came back.
     static func exchange(port: UInt16, _ bytes: [UInt8], timeout: Double = 30) throws -> [UInt8] {
