@@ -1,11 +1,9 @@
-import Foundation
-
 /// How ssh names jump hosts: ProxyJump's `[user@]host[:port][,…]` lists, and the one
 /// ProxyCommand form that means a jump host, `ssh -W %h:%p HOST`.
 enum JumpHosts {
     /// A ProxyJump value as its hops, first hop first; `none` is no hops.
     static func list(_ text: String) -> [String] {
-        let hops = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let hops = text.split(separator: ",").map { $0.trimmingWhitespace }.filter { !$0.isEmpty }
         return hops.count == 1 && hops[0].lowercased() == "none" ? [] : hops
     }
 

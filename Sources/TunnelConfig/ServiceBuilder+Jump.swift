@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// `jump` (ssh's ProxyJump): the jump hosts a service's sessions go through, each built as a
 /// route of its own.
