@@ -30,7 +30,8 @@ SCRATCH ?= .build
 # --static-swift-stdlib links the Swift runtime and FoundationEssentials into the binary, so
 # that it runs without the toolchain; -z now completes RELRO. The toolchain's lld packs the
 # relative relocations (DT_RELR) where glibc is 2.36 or later: the loader then reads some 8 KB
-# of them at start instead of 0.9 MB, which would stay resident. Older glibc ignores DT_RELR.
+# of them at start instead of 0.9 MB, which would stay resident. Such a binary needs glibc 2.36
+# or later (Debian 12's); dpkg-shlibdeps puts that in the .deb's Depends.
 RELR := $(shell getconf GNU_LIBC_VERSION 2>/dev/null | awk '{ split($$2, v, "."); if (v[1] > 2 || (v[1] == 2 && v[2] >= 36)) print "-Xlinker -z -Xlinker pack-relative-relocs" }')
 SWIFTBUILDFLAGS = -c release --static-swift-stdlib --scratch-path $(SCRATCH) -Xswiftc -use-ld=lld -Xlinker -z -Xlinker now $(RELR)
 BINARY = $(SCRATCH)/release/tunneld

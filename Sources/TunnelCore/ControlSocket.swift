@@ -95,6 +95,8 @@ final class ControlSocket: @unchecked Sendable {
     private func serve(_ respond: @Sendable (String) -> String) {
         while true {
             let client = accept(fd, nil, nil)
+            // Not inherited by `ssh -G`, which a reload may start meanwhile.
+            if client >= 0 { _ = fcntl(client, F_SETFD, FD_CLOEXEC) }
             if client < 0 {
                 switch errno {
                 case EINTR, ECONNABORTED:

@@ -44,6 +44,8 @@ final class MetricsListener: @unchecked Sendable {
             let client = withUnsafeMutablePointer(to: &storage) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &length) }
             }
+            // Not inherited by `ssh -G`, which a reload may start meanwhile.
+            if client >= 0 { _ = fcntl(client, F_SETFD, FD_CLOEXEC) }
             if client < 0 {
                 if [EINTR, ECONNABORTED].contains(errno) { continue }
                 if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) {
