@@ -657,12 +657,16 @@ def targets(results, others_cores):
         (value(results, "stalled reader: fast client alone", "tunneld sessions=1"),
          value(results, "stalled reader: fast client beside it", "tunneld sessions=1"),
          ", best of interleaved rounds on a shared machine (see above)" if others_cores > 0.25 else ""))
+    jump, jump_ssh = (n(who, "through a jump host: server speaks first, median") for who in ("tunneld", "ssh -J -L"))
+    if jump == jump:
+        row("(not in DESIGN.md) through a jump host, server speaks first: faster than ssh -L through ssh -W",
+            "%.1fx (%.2f ms against %.2f ms)" % (jump_ssh / jump, jump, jump_ssh), jump_ssh / jump > 1)
     idle = [r for r in results if r[0] == "idle, 10 services: RSS"]
     wakeups = [r for r in results if r[0].startswith("idle, 10 services: wake-ups")]
     if idle and wakeups:
         row("idle with 10 services: RSS <= 16 MB", "%.1f MiB" % idle[0][2], idle[0][2] <= 16,
-            "this is the dynamically linked build, whose shared Swift libraries (libswiftCore, "
-            "FoundationEssentials) count here; the installed build links them in and InstallTests holds it to 16 MiB")
+            "quick mode runs the debug build, whose shared Swift libraries (libswiftCore, FoundationEssentials) "
+            "count here; a full run measures the binary make install installs, and InstallTests holds that to 16 MiB")
         row("idle: no wake-ups but keepalives", "%d context switches" % wakeups[0][2], wakeups[0][2] == 0)
     shared = []
     if others_cores > 0.25:

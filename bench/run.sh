@@ -19,11 +19,16 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sed 's/^gcc$/gcc/; s/^ssh-keygen$/openssh-client/') >/dev/null
 fi
 
-mode=release
-[ "${1:-}" = "--quick" ] && mode=debug
-echo "bench: building tunneld ($mode)"
-swift build -c "$mode" 2>&1 | tail -1
-bin=$(swift build -c "$mode" --show-bin-path)
+if [ "${1:-}" = "--quick" ]; then
+    echo "bench: building tunneld (debug)"
+    swift build 2>&1 | tail -1
+    bin=$(swift build --show-bin-path)
+else
+    # The binary `make install` installs: release, Swift runtime linked in, packed relocations.
+    echo "bench: building tunneld as make install does"
+    make build SCRATCH=.build-bench 2>&1 | tail -1
+    bin=.build-bench/release
+fi
 
 out=$(mktemp -d /tmp/tunneld-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
