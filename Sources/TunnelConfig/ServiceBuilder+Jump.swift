@@ -22,7 +22,7 @@ extension ServiceBuilder {
     /// its own host and login: `user@` in the hop, else the account's name, as ssh does. With
     /// ssh_config, a hop is also looked up as a Host alias: its HostName, Port, User,
     /// IdentityFile, UserKnownHostsFile, StrictHostKeyChecking and its own ProxyJump apply.
-    /// `fingerprint` and `password_file` are the final server's alone.
+    /// `fingerprint` and `password_file` are the final server's alone; `jump_fingerprint` pins hops.
     mutating func buildJump(template: Route, home: String, configHome: String) -> [Route] {
         var specs: [String] = []
         var attribute = "jump"
