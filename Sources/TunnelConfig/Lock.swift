@@ -1,7 +1,7 @@
 import Glibc
 
 /// A mutual-exclusion lock for code that takes and releases it in separate statements
-/// (`lock()`, `defer { unlock() }`); `Synchronization.Mutex` fits state used in one closure.
+/// (`lock()`, `defer { unlock() }`); `Locked` fits state used in one closure.
 public final class Lock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 

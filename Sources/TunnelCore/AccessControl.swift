@@ -1,6 +1,5 @@
 import Dispatch
 import Glibc
-import Synchronization
 import TunnelConfig
 
 /// Decides whether a client address may use a service, from `only_from` and `no_access`
@@ -134,7 +133,7 @@ final class HostResolver: @unchecked Sendable {
 
     /// Names kept at most; rules come from the configuration, so this is only a safety bound.
     private static let capacity = 4096
-    private let state = Mutex<(cache: [String: Entry], queue: [String], queued: Set<String>)>(([:], [], []))
+    private let state = Locked<(cache: [String: Entry], queue: [String], queued: Set<String>)>(([:], [], []))
     private let wakeup = DispatchSemaphore(value: 0)
     private let resolve: @Sendable (String) -> [[UInt8]]?
 

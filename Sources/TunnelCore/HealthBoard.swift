@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Synchronization
 import TunnelConfig
 
 /// One service's health probe (`probe = interval`): a channel opened to its target and
@@ -22,7 +21,7 @@ final class HealthBoard: Sendable {
         var at: Date
     }
 
-    private let results = Mutex<[String: Result]>([:])
+    private let results = Locked<[String: Result]>([:])
 
     func record(service: String, isUp: Bool, detail: String) {
         results.withLock { $0[service] = Result(isUp: isUp, detail: detail, at: Date()) }

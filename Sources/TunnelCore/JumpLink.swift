@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 import TunnelConfig
 
 /// The connection of a session that goes through a jump host: a socketpair, one end of which
@@ -12,7 +11,7 @@ final class JumpLink: Sendable {
     /// The jump host the link goes through, as `user@host:port`.
     let jumpHost: String
     let server: Endpoint
-    private let outcome = Mutex<ConnectionOutcome?>(nil)
+    private let outcome = Locked<ConnectionOutcome?>(nil)
 
     /// Opens a link to `server` through a session of `route`: returns at once, with the
     /// channel open under way; a session that writes meanwhile finds its bytes waiting in

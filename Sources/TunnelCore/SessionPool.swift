@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Logging
-import Synchronization
 import TunnelConfig
 
 /// Routes each accepted client to an SSH session to its server, and remembers per server how
@@ -45,13 +44,13 @@ final class SessionPool: @unchecked Sendable {
         var lastErrorAt: Date?
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let logger: Logger
     /// Kept by every session's event loop.
     let watchdog: Watchdog?
     /// Results of the persistent sessions' health probes.
     let health = HealthBoard()
-    private let suspendDetector = Mutex(SuspendDetector())
+    private let suspendDetector = Locked(SuspendDetector())
 
     init(services: [Service], logger: Logger, watchdog: Watchdog? = nil) {
         self.logger = logger

@@ -1,7 +1,6 @@
 import Glibc
 import Logging
 import SSHTransport
-import Synchronization
 import TunnelConfig
 
 /// The thread that owns one SSH session to a server: it connects, drives the session's
@@ -47,7 +46,7 @@ final class SessionSupervisor: @unchecked Sendable {
     private unowned let pool: SessionPool
     private let logger: Logger
     private let wakeup: Wakeup
-    private let mailbox = Mutex(Mailbox())
+    private let mailbox = Locked(Mailbox())
 
     /// Throws when the process is out of descriptors.
     init(settings: SessionSettings, isPersistent: Bool, pool: SessionPool, logger: Logger) throws {

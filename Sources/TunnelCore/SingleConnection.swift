@@ -1,7 +1,6 @@
 import Dispatch
 import Glibc
 import Logging
-import Synchronization
 import TunnelConfig
 
 /// Carries one connection outside the daemon, through the same session code: standard input
@@ -65,7 +64,7 @@ public enum SingleConnection {
         let pool = SessionPool(services: [oneShot], logger: logger)
         let connection = Connection(client: client, peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats())
         let done = DispatchSemaphore(value: 0)
-        let result = Mutex(ConnectionOutcome.shutdown)
+        let result = Locked(ConnectionOutcome.shutdown)
         connection.onFinish = { outcome in
             result.withLock { $0 = outcome }
             done.signal()

@@ -1,6 +1,5 @@
 import Glibc
 import Logging
-import Synchronization
 import TunnelConfig
 
 /// The SOCKS5 handshake of new clients of `type = SOCKS` services, on its own thread: each
@@ -19,7 +18,7 @@ final class SocksGate: @unchecked Sendable {
     private let pool: SessionPool
     private let logger: Logger
     private let wakeup: Wakeup
-    private let inbox = Mutex<[Connection]>([])
+    private let inbox = Locked<[Connection]>([])
 
     init(pool: SessionPool, logger: Logger) throws {
         self.pool = pool

@@ -1,6 +1,5 @@
 import FoundationEssentials
 import Glibc
-import Synchronization
 
 /// systemd's watchdog (`WatchdogSec=`), kept by the threads that could hang rather than by a
 /// timer: each event loop (the listener, every session) beats after each pass and wakes at
@@ -12,7 +11,7 @@ final class Watchdog: Sendable {
     let beatInterval: Duration?
     private let period: Duration
     private let notifier: SystemdNotifier
-    private let state = Mutex<(beats: [Int: ContinuousClock.Instant], nextID: Int, lastSent: ContinuousClock.Instant?)>(([:], 0, nil))
+    private let state = Locked<(beats: [Int: ContinuousClock.Instant], nextID: Int, lastSent: ContinuousClock.Instant?)>(([:], 0, nil))
 
     /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`, which must be this process if set).
     init(environment: [String: String] = ProcessInfo.processInfo.environment) {

@@ -10,9 +10,13 @@ final class SharedSessionTests: SSHTestCase {
     private final class Conversation: @unchecked Sendable {
         private let lock = NSLock()
         private var stopped = false
-        private(set) var slowest = 0.0
-        private(set) var rounds = 0
-        private(set) var failure: String?
+        private var slowestSeconds = 0.0
+        private var roundCount = 0
+        private var firstFailure: String?
+        /// Read under the lock: the conversation's thread writes them.
+        var slowest: Double { locked { slowestSeconds } }
+        var rounds: Int { locked { roundCount } }
+        var failure: String? { locked { firstFailure } }
         private let done = DispatchSemaphore(value: 0)
 
         init(port: UInt16) {
@@ -41,22 +45,26 @@ final class SharedSessionTests: SSHTestCase {
             }.start()
         }
 
-        private var isStopped: Bool {
+        private func locked<T>(_ read: () -> T) -> T {
             lock.lock()
             defer { lock.unlock() }
-            return stopped || failure != nil
+            return read()
+        }
+
+        private var isStopped: Bool {
+            locked { stopped || firstFailure != nil }
         }
 
         private func record(_ seconds: Double) {
             lock.lock()
-            slowest = max(slowest, seconds)
-            rounds += 1
+            slowestSeconds = max(slowestSeconds, seconds)
+            roundCount += 1
             lock.unlock()
         }
 
         private func fail(_ message: String) {
             lock.lock()
-            failure = message
+            firstFailure = message
             lock.unlock()
         }
 
@@ -228,13 +236,34 @@ final class SharedSessionTests: SSHTestCase {
         let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: sshd, target: echo.port, extra: "    sessions = 2")])
         let failures = FailureList()
         let group = DispatchGroup()
+        // A session is up first, so that the clients are routed one by one: the fifth finds
+        // the first session carrying 4 and starts the second.
+        XCTAssertEqual(try TCP.exchange(port: port, Array("warm".utf8)), Array("warm".utf8))
+        // All 16 are connected, each with its channel open, before any sends its bulk: the
+        // connections are live at once however slow the machine (a sanitizer build is).
+        let connected = DispatchGroup()
+        for _ in 0..<16 { connected.enter() }
         for index in 0..<16 {
             group.enter()
             Thread {
                 defer { group.leave() }
+                var hasLeft = false
+                defer { if !hasLeft { connected.leave() } }
                 let bytes = randomBytes((4 << 20) + index)
                 do {
-                    if try TCP.exchange(port: port, bytes, timeout: 60) != bytes { failures.append("client \(index): bytes differ") }
+                    let fd = try TCP.connect(port: port, timeout: 60)
+                    defer { close(fd) }
+                    try TCP.sendAll(fd, Array("open\n".utf8))
+                    guard try TCP.readLine(fd) == "open\n" else { throw TCP.Failure(description: "no echo of the first line") }
+                    hasLeft = true
+                    connected.leave()
+                    _ = connected.wait(timeout: .now() + 30)
+                    let sender = Thread {
+                        try? TCP.sendAll(fd, bytes)
+                        shutdown(fd, Int32(SHUT_WR))
+                    }
+                    sender.start()
+                    if try TCP.readAll(fd) != bytes { failures.append("client \(index): bytes differ") }
                 } catch {
                     failures.append("client \(index): \(error)")
                 }
@@ -242,7 +271,7 @@ final class SharedSessionTests: SSHTestCase {
         }
         XCTAssertEqual(group.wait(timeout: .now() + 90), .success)
         XCTAssertEqual(failures.all, [], tunneld.log)
-        XCTAssertEqual(sshd.acceptedLogins, 2, "16 busy connections spread over the 2 sessions allowed")
+        XCTAssertEqual(sshd.acceptedLogins, 2, "16 live connections spread over the 2 sessions allowed")
         let status = try runProgram(TunneldProcess.binary, ["status", "--json", "--socket", tunneld.directory.file("control.sock")])
         XCTAssertTrue(status.output.contains("\"sessionsUp\" : 2"), status.output)
     }

@@ -1,4 +1,3 @@
-import Synchronization
 import XCTest
 @testable import TunnelCore
 
@@ -37,7 +36,7 @@ final class BackoffTests: XCTestCase {
     }
 
     func testASuspendIsNoticedWhenBootTimeRunsAheadOfMonotonicTime() {
-        let offset = Mutex<Int64>(5_000_000_000)
+        let offset = Locked<Int64>(5_000_000_000)
         var detector = SuspendDetector(readOffset: { offset.withLock { $0 } })
         XCTAssertFalse(detector.resumedFromSuspend())
         offset.withLock { $0 += 200_000_000 }
