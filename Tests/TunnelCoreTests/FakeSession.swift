@@ -51,6 +51,9 @@ final class FakeSession: TunnelSession {
     private(set) var openedTargets: [Endpoint] = []
     private(set) var probes = 0
     private(set) var keepalives = 0
+    /// For each time the loop asked to acknowledge reads: what the channels had taken from
+    /// clients by then (the loop asks once per pass, after serving them).
+    private(set) var acknowledgements: [Int] = []
     /// Thrown by every call once set: the session failed.
     var failure: Failure?
     private(set) var isAbandoned = false
@@ -138,6 +141,7 @@ final class FakeSession: TunnelSession {
 
     func acknowledgeReads() throws {
         if let failure { throw failure }
+        acknowledgements.append(channels.map(\.written.count).reduce(0, +))
     }
 
     func abandon() {

@@ -192,6 +192,23 @@ final class SessionEventLoopTests: XCTestCase {
                        "delivered in the same pass, not at the next keepalive")
     }
 
+    func testReadsAreAcknowledgedOncePerPassAfterTheChannelsWereServed() throws {
+        // Over a jump host the session answers a small read with a request that needs no
+        // answer, unless the pass sent something anyway: so it must be asked last.
+        let connection = client()
+        loop.add(connection)
+        pass()
+        let channel = try XCTUnwrap(session.channels.first)
+        let up = Array("EHLO laptop\r\n".utf8)
+        XCTAssertEqual(send(peer(connection), up, up.count, 0), up.count)
+        channel.inbound = Array("250 ok\r\n".utf8)
+        let before = session.acknowledgements.count
+        pass()
+        XCTAssertEqual(session.acknowledgements.count, before + 1, "once per pass")
+        XCTAssertEqual(session.acknowledgements.last, up.count, "after the client's bytes went to the channel")
+        XCTAssertEqual(String(decoding: readAvailable(peer(connection)), as: UTF8.self), "250 ok\r\n")
+    }
+
     func testPartialWritesAndWouldBlockBothWaysLoseNothing() throws {
         let connection = client()
         loop.add(connection)

@@ -107,6 +107,33 @@ enum TCP {
         return String(decoding: line, as: UTF8.self)
     }
 
+    /// Times `count` SMTP-shaped exchanges on 127.0.0.1:`port`, back to back after one
+    /// untimed: connect, banner, EHLO, reply, QUIT, reply, close. Returns the seconds of each,
+    /// sorted; throws naming the exchange that failed.
+    static func serverFirstExchangeTimes(port: UInt16, count: Int) throws -> [Double] {
+        func exchange() throws -> Double {
+            let started = Date()
+            let fd = try connect(port: port, timeout: 5)
+            defer { close(fd) }
+            _ = try readLine(fd)
+            try sendAll(fd, Array("EHLO laptop\r\n".utf8))
+            _ = try readLine(fd)
+            try sendAll(fd, Array("QUIT\r\n".utf8))
+            _ = try readLine(fd)
+            return Date().timeIntervalSince(started)
+        }
+        _ = try exchange()
+        var times: [Double] = []
+        for round in 0..<count {
+            do {
+                times.append(try exchange())
+            } catch {
+                throw Failure(description: "exchange \(round): \(error)")
+            }
+        }
+        return times.sorted()
+    }
+
     /// Sends `bytes` (then half-closes) while reading everything back, as an echo client does.
     /// Returns what came back.
     static func exchange(port: UInt16, _ bytes: [UInt8], timeout: Double = 30) throws -> [UInt8] {
