@@ -23,7 +23,7 @@ extension ServiceBuilder {
     /// ssh_config, a hop is also looked up as a Host alias: its HostName, Port, User,
     /// IdentityFile, UserKnownHostsFile, StrictHostKeyChecking and its own ProxyJump apply.
     /// `fingerprint` and `password_file` are the final server's alone; `jump_fingerprint` pins hops.
-    mutating func buildJump(template: Route, home: String, configHome: String) -> [Route] {
+    mutating func buildJump(template: Route, configHome: String) -> [Route] {
         var specs: [String] = []
         var attribute = "jump"
         var fromFile = false
@@ -48,7 +48,7 @@ extension ServiceBuilder {
             }
         }
         var seen = attribute == "ssh_config" ? [sshConfigAlias ?? ""] : []
-        var hops = resolveHops(specs, template: template, home: home, configHome: configHome, attribute: attribute, seen: &seen)
+        var hops = resolveHops(specs, template: template, configHome: configHome, attribute: attribute, seen: &seen)
         if hops.count > Self.maxJumpHops {
             error(attribute, "the route goes through \(hops.count) jump hosts; tunneld allows \(Self.maxJumpHops) at most")
         }
@@ -76,7 +76,7 @@ extension ServiceBuilder {
     }
 
     /// Hops for `specs`, with the hops a hop's own ssh_config ProxyJump names before it.
-    private mutating func resolveHops(_ specs: [String], template: Route, home: String, configHome: String, attribute: String, seen: inout [String]) -> [Route] {
+    private mutating func resolveHops(_ specs: [String], template: Route, configHome: String, attribute: String, seen: inout [String]) -> [Route] {
         var hops: [Route] = []
         for spec in specs {
             guard let (user, host, port) = Self.serverAddress(spec) else {
@@ -99,7 +99,7 @@ extension ServiceBuilder {
                 case .success(let config):
                     if let nested = config.value("proxyjump") {
                         seen.append(host)
-                        hops += resolveHops(JumpHosts.list(nested), template: template, home: home, configHome: configHome, attribute: "ssh_config", seen: &seen)
+                        hops += resolveHops(JumpHosts.list(nested), template: template, configHome: configHome, attribute: "ssh_config", seen: &seen)
                         seen.removeLast()
                     }
                     apply(config, to: &hop, alias: host, writtenUser: user, writtenPort: port, configHome: configHome)

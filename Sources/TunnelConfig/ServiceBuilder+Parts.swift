@@ -132,7 +132,7 @@ extension ServiceBuilder {
             identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: writtenKnownHosts.isEmpty ? Self.defaultKnownHosts(home: home) : writtenKnownHosts,
             hostKeyPolicy: values["host_key"] != nil ? policy : .strict)
-        route?.jump = buildJump(template: hopTemplate, home: home, configHome: configHome)
+        route?.jump = buildJump(template: hopTemplate, configHome: configHome)
         return (route, target.map { Forwarding(target: $0, isSocks: isSocks, permit: permit) })
     }
 
