@@ -17,7 +17,6 @@ public final class SSHSession {
     let raw: OpaquePointer
     private var outgoing = OutgoingBuffer()
     private var sendError: Int32?
-    private var isKeepaliveConfigured = false
     /// Whether `socket` is TCP (not a link through a jump host), which quick ACKs apply to.
     private let isTCP: Bool
     /// Bytes that arrived since tunneld last sent the server anything.
@@ -262,28 +261,24 @@ public final class SSHSession {
     /// Call it at the end of each pass of the event loop, after the channels were served.
     public func acknowledgeReads() throws {
         guard !isTCP, (1...Self.acknowledgedReadLimit).contains(bytesSinceSend) else { return }
-        // libssh2 1.10 sends at most one request per interval; its interval is an `int`, in
-        // which UInt32.max reads as -1, so the "interval passed" test holds at once. (Were the
-        // arithmetic unsigned, nothing would be sent: the stall would come back, nothing else.)
-        // The keepalive settings are restored for `sendKeepalive`.
-        libssh2_keepalive_config(raw, 0, UInt32.max)
-        defer {
-            libssh2_keepalive_config(raw, 1, 2)
-            isKeepaliveConfigured = true
-        }
-        var next: Int32 = 0
-        let code = libssh2_keepalive_send(raw, &next)
-        if code != 0 && code != LIBSSH2_ERROR_EAGAIN { throw error(code, "libssh2_keepalive_send") }
+        try sendGlobalRequest(wantsReply: false)
     }
 
     /// Sends a global request that the server answers at once (OpenSSH says "failure"), to
     /// learn that it is alive while a channel open is under way and a probe cannot be sent.
-    /// The answers are not consumed and stay in libssh2's packet list, so use it sparingly.
+    /// It is sent every time it is asked for (a probe that libssh2 silently skipped would
+    /// make a live session look dead). The answers are not consumed and stay in libssh2's
+    /// packet list, so use it sparingly.
     public func sendKeepalive() throws {
-        if !isKeepaliveConfigured {
-            libssh2_keepalive_config(raw, 1, 2)
-            isKeepaliveConfigured = true
-        }
+        try sendGlobalRequest(wantsReply: true)
+    }
+
+    /// `keepalive@libssh2.org`, now. libssh2 1.10 sends at most one such request per
+    /// keepalive interval, and its interval is an `int`, in which UInt32.max reads as -1, so
+    /// the "interval passed" test holds at once. (Were the arithmetic unsigned, nothing would
+    /// be sent: a probe would go unanswered and the over-a-jump-host stall would come back.)
+    private func sendGlobalRequest(wantsReply: Bool) throws {
+        libssh2_keepalive_config(raw, wantsReply ? 1 : 0, UInt32.max)
         var next: Int32 = 0
         let code = libssh2_keepalive_send(raw, &next)
         if code != 0 && code != LIBSSH2_ERROR_EAGAIN { throw error(code, "libssh2_keepalive_send") }

@@ -96,11 +96,23 @@ struct ChannelOpener {
     /// Since when the open under way has waited, if one is.
     var busySince: ContinuousClock.Instant? { current?.startedAt }
 
-    /// The clients still queued (not the one under way), taken out to go elsewhere.
-    mutating func takeQueuedClients() -> [Connection] {
+    /// Where the open under way goes (abandoned or not) and since when; nil for none, or a
+    /// probe, which goes nowhere.
+    var openUnderWay: (target: Endpoint, since: ContinuousClock.Instant)? {
+        guard let current else { return nil }
+        switch current.request {
+        case .client(let connection): return (connection.target, current.startedAt)
+        case .health(let check): return (check.target, current.startedAt)
+        case .probe: return nil
+        }
+    }
+
+    /// The clients still queued (not the one under way), taken out to go elsewhere; those
+    /// for `keeping` stay (another session would be stuck on that target too).
+    mutating func takeQueuedClients(keeping: Endpoint? = nil) -> [Connection] {
         var taken: [Connection] = []
         queue.removeAll { request in
-            guard case .client(let connection) = request else { return false }
+            guard case .client(let connection) = request, connection.target != keeping else { return false }
             taken.append(connection)
             return true
         }
@@ -220,9 +232,13 @@ struct ChannelOpener {
             }
         }
         let busyReason = "no channel could be opened within \(openTimeout.secondsText) s: the session was busy"
+        let stuckTarget = openUnderWay?.target
+        let sameTargetReason = "\(unansweredReason) (it waited behind an open to the same target)"
         queue.removeAll { request in
             guard case .client(let connection) = request, let deadline = connection.openDeadline, now >= deadline else { return false }
-            events.append(.expired(connection, reason: busyReason))
+            // Behind an open to its own target, the client waited on that target's silence.
+            let reason = connection.target == stuckTarget ? sameTargetReason : busyReason
+            events.append(.expired(connection, reason: reason))
             return true
         }
         return events

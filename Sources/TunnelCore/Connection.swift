@@ -29,7 +29,12 @@ final class Connection: @unchecked Sendable {
     /// else a failure code, written by `finish`.
     var isSocksReplyOwed = false
 
-    var channel: (any TunnelChannel)?
+    var channel: (any TunnelChannel)? {
+        didSet { if channel != nil { hadChannel = true } }
+    }
+    /// Whether a channel was ever opened for it: bytes may have flowed, so an end other than
+    /// a clean one is a cut.
+    private(set) var hadChannel = false
     /// Bytes read from the client that the channel has not taken yet.
     var toServer = PendingBytes()
     /// Bytes read from the channel that the client has not taken yet.
@@ -96,6 +101,11 @@ final class Connection: @unchecked Sendable {
 
     /// Ends the connection: closes the client and writes its one log line. Returns `false`
     /// and does nothing if it had already ended, so no descriptor is ever closed twice.
+    ///
+    /// A stream cut before its end (the session died, tunneld stopped past its drain) is
+    /// closed with a TCP reset, so the client cannot take the cut for the end of the stream:
+    /// it reads what had already arrived, then ECONNRESET. A clean end, and a client that
+    /// never had a channel (a refusal), get a plain close.
     @discardableResult
     func finish(_ outcome: ConnectionOutcome, logger: Logger) -> Bool {
         guard let end = client else { return false }
@@ -106,10 +116,11 @@ final class Connection: @unchecked Sendable {
             let reply = SocksHandshake.reply(SocksHandshake.replyCode(for: outcome))
             _ = reply.withUnsafeBytes { DescriptorIO.write(end.output, $0) }
         }
-        end.close()
+        let isCut = hadChannel && outcome.isCut
+        end.close(reset: isCut)
         let seconds = (ContinuousClock.now - acceptedAt).seconds
         stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
-        logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [
+        var metadata: Logger.Metadata = [
             "service": "\(service.name)",
             "peer": "\(peer)",
             "target": "\(target)",
@@ -118,7 +129,9 @@ final class Connection: @unchecked Sendable {
             "bytes.up": "\(bytesUp)",
             "bytes.down": "\(bytesDown)",
             "result": "\(outcome)",
-        ])
+        ]
+        if isCut { metadata["client.close"] = "reset" }
+        logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: metadata)
         onFinish?(outcome)
         onFinish = nil
         return true
@@ -153,8 +166,13 @@ struct ClientEnd {
         }
     }
 
-    /// Closes the descriptors.
-    func close() {
+    /// Closes the descriptors; with `reset`, a socket with a TCP reset (SO_LINGER 0) rather
+    /// than a FIN (a pipe has no such thing and is closed).
+    func close(reset: Bool = false) {
+        if reset && input == output {
+            var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+            setsockopt(input, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        }
         Glibc.close(input)
         if output != input { Glibc.close(output) }
     }

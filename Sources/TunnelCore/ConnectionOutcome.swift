@@ -42,6 +42,15 @@ enum ConnectionOutcome: CustomStringConvertible, Sendable {
         }
     }
 
+    /// Whether a stream that was flowing ended this way without its end: the session failed
+    /// or tunneld stopped. (A client's own failure, and a clean end, are not cuts.)
+    var isCut: Bool {
+        switch self {
+        case .sshFailed, .shutdown: return true
+        case .ok, .refused, .clientError, .limit, .access: return false
+        }
+    }
+
     var isSuccess: Bool {
         if case .ok = self { return true }
         return false

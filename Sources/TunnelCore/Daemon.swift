@@ -95,8 +95,8 @@ public final class Daemon {
         }
         listener.start()
         let watcher = NetworkWatcher { [logger] in
-            logger.notice("the network changed; sessions are suspect and backoff starts over")
-            pool.networkChanged(resetBackoff: true)
+            logger.notice("the network changed; sessions whose route changed are probed and backoff starts over")
+            pool.networkChanged()
         }
         if let problem = watcher.start() {
             logger.warning("network changes will not be noticed; use tunneld reconnect", metadata: ["error": "\(problem)"])
@@ -136,7 +136,7 @@ public final class Daemon {
             }
             if received == SIGCONT {
                 logger.notice("resumed after being stopped; sessions are suspect")
-                pool.networkChanged(resetBackoff: true)
+                pool.machineWoke()
                 continue
             }
             if received == SIGHUP {

@@ -116,12 +116,16 @@ final class SessionEventLoop {
     /// Since when the channel open under way has waited, if one is.
     var busySince: ContinuousClock.Instant? { opener.busySince }
 
+    /// Where the open under way goes, and since when, if one is (probes excluded).
+    var openUnderWay: (target: Endpoint, since: ContinuousClock.Instant)? { opener.openUnderWay }
+
     /// Whether clients wait behind the open under way.
     var hasQueuedClients: Bool { opener.queue.contains { if case .client = $0 { return true } else { return false } } }
 
-    /// The clients waiting behind the open under way, taken out to go to a sibling session.
-    func takeQueuedClients() -> [Connection] {
-        opener.takeQueuedClients()
+    /// The clients waiting behind the open under way, taken out to go to a sibling session;
+    /// those for `keeping` (the stuck open's own target) stay.
+    func takeQueuedClients(keeping: Endpoint? = nil) -> [Connection] {
+        opener.takeQueuedClients(keeping: keeping)
     }
 
     // MARK: One pass

@@ -2,30 +2,42 @@ import FoundationEssentials
 import Logging
 import TunnelConfig
 
-/// Routes each accepted client to an SSH session to its server, and remembers per server how
-/// connecting has gone.
-///
-/// A server may have up to `sessions` sessions at once, each its own supervisor and thread.
-/// A client goes to the least loaded session that is up, not suspect and not stuck on a
-/// channel open; another session is started when every one carries `spreadThreshold`
-/// connections or is stuck or suspect. At most one connect per server is under way: clients
-/// that arrive meanwhile wait for it. Backoff spaces out tunneld's own retries and never
-/// refuses a client, except within a second of a failed attempt (then with its reason).
+/// Carries out the decisions of each server's sessions: it feeds every event (a client
+/// arrived, a session connected, reported, ended; the network changed; time passed) to the
+/// server's decision core (`ServerSessions`) under one lock, then, outside the lock, does
+/// what the core returned: starts session threads, hands clients to them, refuses clients,
+/// probes, kills or retires sessions. Nothing here decides where a client goes.
 final class SessionPool: @unchecked Sendable {
+    typealias Core = ServerSessions<Connection>
+
     private struct Server {
-        var settings: SessionSettings
-        var supervisors: [SessionSupervisor] = []
-        var backoff = Backoff()
+        var core: Core
+        /// Which server of this key this is: a reload that removes a key and adds it again
+        /// makes a new one, whose session numbers start over.
+        var generation: Int
+        var supervisors: [Int: SessionSupervisor] = [:]
+        /// When the last connect failed, for status.
         var lastErrorAt: Date?
-        /// Failed connects since start.
-        var connectFailures = 0
+    }
+
+    /// A session's supervisor, named across reloads.
+    private struct SupervisorName: Hashable {
+        var key: SessionKey
+        var generation: Int
+        var id: Int
     }
 
     private struct State {
         var servers: [SessionKey: Server] = [:]
         var isStopping = false
         /// Every supervisor whose thread still runs, including those a reload detached.
-        var live: [ObjectIdentifier: SessionSupervisor] = [:]
+        var live: [SupervisorName: SessionSupervisor] = [:]
+        var nextGeneration = 1
+
+        mutating func addServer(_ settings: SessionSettings) {
+            servers[settings.key] = Server(core: Core(settings: settings), generation: nextGeneration)
+            nextGeneration += 1
+        }
     }
 
     /// A server's sessions and connect history, for `tunneld status`.
@@ -34,6 +46,8 @@ final class SessionPool: @unchecked Sendable {
         var state: String
         /// Sessions up now.
         var sessionsUp: Int
+        /// Sessions stuck on a channel open now (they do not count toward `sessions`).
+        var sessionsStuck = 0
         /// Seconds the oldest session up has been up.
         var oldestSessionSeconds: Double?
         /// Failed connects since start.
@@ -46,158 +60,177 @@ final class SessionPool: @unchecked Sendable {
 
     private let state = Locked(State())
     private let logger: Logger
+    private var factory: (any SessionFactory)!
     /// Kept by every session's event loop.
     let watchdog: Watchdog?
     /// Results of the persistent sessions' health probes.
     let health = HealthBoard()
     private let suspendDetector = Locked(SuspendDetector())
+    private let timer: PoolTimer
 
-    init(services: [Service], logger: Logger, watchdog: Watchdog? = nil) {
+    /// - `factory`: how sessions are set up; the daemon's connects over SSH.
+    init(services: [Service], logger: Logger, watchdog: Watchdog? = nil, factory: (any SessionFactory)? = nil) {
         self.logger = logger
         self.watchdog = watchdog
+        timer = PoolTimer()
+        self.factory = factory ?? SSHSessionFactory(pool: self)
         let byKey = SessionSettings.byKey(services)
         state.withLock { state in
-            for (key, settings) in byKey {
-                state.servers[key] = Server(settings: settings)
-            }
+            for settings in byKey.values { state.addServer(settings) }
         }
+        timer.start { [weak self] in self?.tick() }
     }
 
     /// Starts the sessions of persistent servers.
     func startPersistentSessions() {
-        let started = state.withLock { state -> [SessionSupervisor] in
-            guard !state.isStopping else { return [] }
-            var started: [SessionSupervisor] = []
-            for (key, server) in state.servers where server.settings.isPersistent && !server.supervisors.contains(where: \.isPersistent) {
-                if let supervisor = makeSupervisor(for: key, persistent: true, in: &state) { started.append(supervisor) }
-            }
-            return started
-        }
-        started.forEach { $0.start() }
+        forEachServer(.tick)
     }
 
-    // MARK: Routing
+    // MARK: Events in
 
     /// Sends a client to a session of its server, starting one if needed.
-    /// - `avoiding`: a session the client is moving off (its channel open is stuck).
-    func dispatch(_ connection: Connection, avoiding: SessionSupervisor? = nil) {
+    func dispatch(_ connection: Connection) {
         if suspendDetector.withLock({ $0.resumedFromSuspend() }) {
             logger.notice("the machine woke from a suspend; sessions are suspect")
-            networkChanged(resetBackoff: true)
+            forEachServer(.suspectAll)
         }
-        let now = ContinuousClock.now
-        enum Decision {
-            case enqueued
-            case start(SessionSupervisor)
-            case refuse(String)
-        }
-        let decision = state.withLock { state -> Decision in
-            guard !state.isStopping else { return .refuse("tunneld is stopping") }
-            let key = connection.service.sessionKey
-            guard let server = state.servers[key] else { return .refuse("no session settings for this service") }
-            let supervisors = server.supervisors
-            let route = SessionRouter.route(
-                supervisors.map(\.gauge), avoiding: supervisors.firstIndex { $0 === avoiding },
-                maxSessions: server.settings.maxSessions, refusal: server.backoff.refusal(now: now), now: now)
-            switch route {
-            case .session(let index):
-                if supervisors[index].enqueue(connection) { return .enqueued }
-            case .refuse(let reason):
-                return .refuse(reason)
-            case .startSession:
-                break
-            }
-            // A new session; also when the chosen one retired a moment ago.
-            if let supervisor = makeSupervisor(for: key, persistent: false, in: &state) {
-                _ = supervisor.enqueue(connection)
-                return .start(supervisor)
-            }
-            // Out of descriptors: a session that already runs takes the client, in turn.
-            let live = supervisors.filter { $0.gauge.phase != .retired }.min { $0.gauge.load < $1.gauge.load }
-            if let live, live.enqueue(connection) { return .enqueued }
-            return .refuse("out of file descriptors: no new session can start")
-        }
-        switch decision {
-        case .enqueued:
-            break
-        case .start(let supervisor):
-            supervisor.start()
-        case .refuse(let reason):
-            connection.finish(.sshFailed(reason), logger: logger)
-        }
+        handle(.clientArrived(connection, target: connection.target), for: connection.service.sessionKey, generation: nil)
     }
 
-    /// A new supervisor for `key`, counted as live until it ends; nil when the process is out
-    /// of descriptors. Call within the lock.
-    private func makeSupervisor(for key: SessionKey, persistent: Bool, in state: inout State) -> SessionSupervisor? {
-        let settings = state.servers[key]!.settings
-        guard let supervisor = try? SessionSupervisor(settings: settings, isPersistent: persistent, pool: self, logger: logger) else {
-            return nil
-        }
-        state.servers[key]!.supervisors.append(supervisor)
-        state.live[ObjectIdentifier(supervisor)] = supervisor
-        return supervisor
+    /// The network changed: each session checks its route to its server, and only those
+    /// whose route changed are probed; a failure from before the change no longer refuses.
+    func networkChanged() {
+        forEachServer(.networkChanged)
     }
 
-    /// Forgets a supervisor that has ended.
-    func supervisorEnded(_ supervisor: SessionSupervisor) {
-        state.withLock { state in
-            let key = supervisor.settings.key
-            state.servers[key]?.supervisors.removeAll { $0 === supervisor }
-            state.live[ObjectIdentifier(supervisor)] = nil
-        }
+    /// The machine woke from a suspend: every session may be dead (probed; fresh sessions
+    /// take new clients meanwhile).
+    func machineWoke() {
+        forEachServer(.suspectAll)
     }
 
-    // MARK: Backoff
-
-    /// Seconds a persistent session must still wait before connecting again, if any.
-    func backoffWait(for key: SessionKey) -> Double? {
-        state.withLock { $0.servers[key]?.backoff.wait(now: .now) }
-    }
-
-    /// Notes a failed connect; returns the seconds until tunneld's own next attempt.
-    func recordFailure(for key: SessionKey, reason: String) -> Double {
-        state.withLock { state in
-            state.servers[key]?.lastErrorAt = Date()
-            state.servers[key]?.connectFailures += 1
-            return state.servers[key]?.backoff.failed(reason, now: .now) ?? 0
-        }
-    }
-
-    /// Notes a successful connect: the backoff starts over.
-    func recordSuccess(for key: SessionKey) {
-        state.withLock { $0.servers[key]?.backoff.succeeded() }
-    }
-
-    // MARK: Suspicion
-
-    /// The network changed, or the machine woke: every session may be dead. Each is probed
-    /// (one whose local address is gone dies at once); clients go to fresh sessions meanwhile.
-    /// With `resetBackoff`, a failure from before the change no longer refuses anyone.
-    func networkChanged(resetBackoff: Bool, keys: Set<SessionKey>? = nil) {
-        let addresses = Socket.localAddresses()
-        let supervisors = state.withLock { state -> [SessionSupervisor] in
-            var all: [SessionSupervisor] = []
-            for (key, server) in state.servers where keys?.contains(key) ?? true {
-                if resetBackoff { state.servers[key]?.backoff.reset() }
-                all += server.supervisors
-            }
-            return all
-        }
-        for supervisor in supervisors { supervisor.suspect(localAddresses: addresses) }
-        startPersistentSessions()
-    }
-
-    /// `tunneld reconnect [SERVICE…]`: the sessions of these services (all if empty) are
-    /// suspect and their backoff is reset. Returns the session keys touched.
+    /// `tunneld reconnect [SERVICE…]`: the sessions of these services (all if empty), and of
+    /// their jump hosts, are suspect and their backoff is reset. Returns the servers touched.
     @discardableResult
     func reconnect(services: [Service]) -> Int {
-        // A service's sessions, and those of its jump hosts.
         let keys = services.isEmpty ? nil : Set(services.flatMap { service in
             sequence(first: service.sessionKey, next: \.jumpRoute)
         })
-        networkChanged(resetBackoff: true, keys: keys)
-        return keys?.count ?? state.withLock { $0.servers.count }
+        let chosen = state.withLock { state in state.servers.keys.filter { keys?.contains($0) ?? true } }
+        for key in chosen { handle(.suspectAll, for: key, generation: nil) }
+        return keys?.count ?? chosen.count
+    }
+
+    private func forEachServer(_ event: Core.Event) {
+        let keys = state.withLock { Array($0.servers.keys) }
+        for key in keys { handle(event, for: key, generation: nil) }
+    }
+
+    private func tick() -> ContinuousClock.Instant? {
+        forEachServer(.tick)
+        return state.withLock { state in state.servers.values.compactMap(\.core.nextTick).min() }
+    }
+
+    /// Takes one event for the server `key` and carries out the core's commands. A session's
+    /// event names its server's `generation`: one of a server a reload replaced finds none.
+    private func handle(_ event: Core.Event, for key: SessionKey, generation: Int?) {
+        let now = ContinuousClock.now
+        let work = state.withLock { state -> (commands: [Core.Command], supervisors: [Int: SessionSupervisor], generation: Int)? in
+            guard var server = state.servers[key], generation.map({ $0 == server.generation }) ?? true else { return nil }
+            let commands = server.core.handle(event, now: now)
+            if case .connectFailed = event { server.lastErrorAt = Date() }
+            for case .start(let id, let isPersistent) in commands {
+                let name = SupervisorName(key: key, generation: server.generation, id: id)
+                if let supervisor = makeSupervisor(name, settings: server.core.settings, isPersistent: isPersistent) {
+                    server.supervisors[id] = supervisor
+                    state.live[name] = supervisor
+                }
+            }
+            let involved = server.supervisors
+            // Forget the supervisors of sessions the core no longer has.
+            if case .ended(let id, _, _, _, _) = event { server.supervisors[id] = nil }
+            if case .connectFailed(let id, _, _, _) = event { server.supervisors[id] = nil }
+            for case .kill(let id, _) in commands { server.supervisors[id] = nil }
+            for case .retire(let id) in commands { server.supervisors[id] = nil }
+            state.servers[key] = server
+            return (commands, involved, server.generation)
+        }
+        guard let work else {
+            refuseOrphans(of: event, reason: "no service uses this server after the reload")
+            return
+        }
+        if let wake = state.withLock({ $0.servers[key]?.core.nextTick }) { timer.wake(at: wake) }
+        execute(work.commands, supervisors: work.supervisors, key: key, generation: work.generation)
+    }
+
+    // MARK: Commands out
+
+    private func execute(_ commands: [Core.Command], supervisors: [Int: SessionSupervisor], key: SessionKey, generation: Int) {
+        for command in commands {
+            switch command {
+            case .start(let id, _):
+                supervisors[id]?.start()
+            case .hand(let connection, let id):
+                guard let supervisor = supervisors[id] else {
+                    connection.finish(.sshFailed("out of file descriptors: no new session can start"), logger: logger)
+                    continue
+                }
+                if !supervisor.enqueue(connection) {
+                    // It retired a moment ago (lingered out): route the client anew.
+                    let orphan = Core.Orphan(client: connection, target: connection.target, isRetry: false)
+                    handle(.ended(id, diedOf: nil, orphans: [orphan], servedAnyone: true, lifetime: .seconds(3600)), for: key, generation: generation)
+                }
+            case .refuse(let connection, let reason):
+                connection.finish(.sshFailed(reason), logger: logger)
+            case .probe(let id):
+                supervisors[id]?.probe()
+            case .kill(let id, let reason):
+                supervisors[id]?.kill(because: reason)
+            case .retire(let id):
+                supervisors[id]?.stop(drainUntil: nil)
+            case .checkRoute(let id):
+                supervisors[id]?.checkRoute()
+            case .capReached(let count):
+                logger.warning("session cap reached: clients wait for a session of the server", metadata: [
+                    "ssh.host": "\(key.server)", "sessions": "\(count)",
+                ])
+            }
+        }
+    }
+
+    /// A new supervisor reporting to this pool; nil when the process is out of descriptors.
+    /// Call within the lock.
+    private func makeSupervisor(_ name: SupervisorName, settings: SessionSettings, isPersistent: Bool) -> SessionSupervisor? {
+        try? SessionSupervisor(
+            id: name.id, settings: settings, isPersistent: isPersistent, factory: factory, logger: logger,
+            watchdog: watchdog, health: health
+        ) { [weak self] event in
+            self?.report(event, from: name)
+        }
+    }
+
+    /// What a session reports; its thread ends after `ended` or `connectFailed`.
+    private func report(_ event: Core.Event, from name: SupervisorName) {
+        switch event {
+        case .ended, .connectFailed:
+            state.withLock { _ = $0.live.removeValue(forKey: name) }
+        default:
+            break
+        }
+        handle(event, for: name.key, generation: name.generation)
+    }
+
+    private func refuseOrphans(of event: Core.Event, reason: String) {
+        switch event {
+        case .clientArrived(let connection, _, _):
+            connection.finish(.sshFailed(reason), logger: logger)
+        case .ended(_, _, let orphans, _, _):
+            for orphan in orphans { orphan.client.finish(.sshFailed(reason), logger: logger) }
+        case .connectFailed(_, let failure, _, let clients):
+            for client in clients { client.finish(.sshFailed(failure), logger: logger) }
+        default:
+            break
+        }
     }
 
     // MARK: Status
@@ -206,17 +239,19 @@ final class SessionPool: @unchecked Sendable {
     func status(of key: SessionKey) -> ServerStatus {
         state.withLock { state in
             guard let server = state.servers[key] else { return ServerStatus(state: "idle", sessionsUp: 0) }
-            let gauges = server.supervisors.map(\.gauge)
-            let up = gauges.filter { $0.phase == .up }.count
-            let oldest = gauges.compactMap(\.upSince).min().map { (ContinuousClock.now - $0).seconds }
-            var status = ServerStatus(state: "idle", sessionsUp: up, oldestSessionSeconds: oldest, connectFailures: server.connectFailures,
-                                      lastError: server.backoff.lastError, lastErrorAt: server.lastErrorAt)
-            if let wait = server.backoff.wait(now: .now), up == 0 {
+            let core = server.core
+            let now = ContinuousClock.now
+            let up = core.sessionsUp
+            var status = ServerStatus(
+                state: "idle", sessionsUp: up, sessionsStuck: core.stuckCount(at: now),
+                oldestSessionSeconds: core.oldestUpSince.map { (now - $0).seconds },
+                connectFailures: core.connectFailures, lastError: core.backoff.lastError, lastErrorAt: server.lastErrorAt)
+            if let wait = core.backoff.wait(now: now), up == 0 {
                 status.state = "backing-off"
                 status.retryAt = Date().addingTimeInterval(wait)
             } else if up > 0 {
                 status.state = "up"
-            } else if gauges.contains(where: { $0.phase == .connecting }) {
+            } else if core.isConnecting {
                 status.state = "connecting"
             }
             return status
@@ -233,20 +268,21 @@ final class SessionPool: @unchecked Sendable {
         let retiring = state.withLock { state -> [SessionSupervisor] in
             var retiring: [SessionSupervisor] = []
             for (key, server) in state.servers where byKey[key] == nil {
-                retiring += server.supervisors
+                retiring += server.supervisors.values
                 state.servers[key] = nil
             }
             for (key, settings) in byKey {
                 if var server = state.servers[key] {
-                    if server.settings != settings {
+                    if server.core.settings != settings {
                         // Running sessions keep their settings; the next ones get the new.
-                        retiring += server.supervisors
+                        _ = server.core.handle(.retireAll, now: .now)
+                        retiring += server.supervisors.values
                         server.supervisors.removeAll()
                     }
-                    server.settings = settings
+                    server.core.update(settings: settings)
                     state.servers[key] = server
                 } else {
-                    state.servers[key] = Server(settings: settings)
+                    state.addServer(settings)
                 }
             }
             return retiring
@@ -259,9 +295,11 @@ final class SessionPool: @unchecked Sendable {
     func stopAll(drainUntil deadline: ContinuousClock.Instant) {
         let supervisors = state.withLock { state in
             state.isStopping = true
+            for key in state.servers.keys { _ = state.servers[key]!.core.handle(.stop, now: .now) }
             return Array(state.live.values)
         }
         for supervisor in supervisors { supervisor.stop(drainUntil: deadline) }
+        timer.stop()
     }
 
     /// Whether any session's thread is still running.

@@ -1,60 +1,55 @@
 import Glibc
 import Logging
-import SSHTransport
 import TunnelConfig
 
-/// The thread that owns one SSH session to a server: it connects, drives the session's
-/// event loop until the session ends, and, for the persistent session of a server, connects
-/// again (with the pool's backoff).
+/// The thread that owns one SSH session to a server, for the session's one life: it
+/// connects (through the factory), drives the session's event loop until the session ends,
+/// and reports each step to the pool as an event value. It decides nothing about other
+/// sessions: the pool's decision core does, and sends it commands through its mailbox.
 ///
-/// Clients reach it through `enqueue`, from the listener thread; commands (`stop`,
-/// `suspect`) likewise. What the pool needs to route clients (phase, load, a stuck open) is
-/// published in `gauge`. Once it has retired it takes no more clients.
+/// Clients reach it through `enqueue`, from the pool. Once it has retired it takes no more
+/// clients; a client it could not serve is handed back in an event, never dispatched by it.
 final class SessionSupervisor: @unchecked Sendable {
-    /// Where the supervisor is in its life.
-    enum Phase: Equatable, Sendable {
-        case connecting
-        case up
-        /// Persistent only: waiting out a backoff before connecting again.
-        case backingOff
-        case retired
-    }
-
-    /// What the pool reads to route clients.
-    struct Gauge: Sendable {
-        var phase = Phase.connecting
-        /// Live connections plus clients waiting, here or in the inbox.
-        var load = 0
-        /// Since when the channel open under way has waited, if one is.
-        var busySince: ContinuousClock.Instant?
-        /// Told that the session may be dead, and not yet proven alive.
-        var isSuspect = false
-        /// When the session came up, while it is up.
-        var upSince: ContinuousClock.Instant?
-    }
+    typealias Event = ServerSessions<Connection>.Event
 
     private struct Mailbox {
         var inbox: [Connection] = []
-        var gauge = Gauge()
+        var isRetired = false
         var stopping = SessionEventLoop.Stopping.no
-        /// Local addresses after a network change or wake, for the loop to check its socket against.
-        var suspicion: Set<String>?
+        /// Probe now: the session may be dead.
+        var mustProbe = false
+        /// Look up the route to the server: the network changed.
+        var mustCheckRoute = false
+        /// Die now, for this reason.
+        var killReason: String?
     }
 
+    /// The session's number within its server.
+    let id: Int
     let settings: SessionSettings
     let isPersistent: Bool
-    private unowned let pool: SessionPool
+    private let factory: any SessionFactory
+    private let report: @Sendable (Event) -> Void
     private let logger: Logger
+    private let watchdog: Watchdog?
+    private let health: HealthBoard?
     private let wakeup: Wakeup
     private let mailbox = Locked(Mailbox())
 
+    /// - `report`: where its events go (the pool, for this server).
+    /// - `health`: where its health probes report, for a persistent session.
     /// Throws when the process is out of descriptors.
-    init(settings: SessionSettings, isPersistent: Bool, pool: SessionPool, logger: Logger) throws {
+    init(id: Int, settings: SessionSettings, isPersistent: Bool, factory: any SessionFactory, logger: Logger,
+         watchdog: Watchdog?, health: HealthBoard?, report: @escaping @Sendable (Event) -> Void) throws {
         wakeup = try Wakeup()
+        self.id = id
         self.settings = settings
         self.isPersistent = isPersistent
-        self.pool = pool
+        self.factory = factory
         self.logger = logger
+        self.watchdog = watchdog
+        self.health = health
+        self.report = report
     }
 
     /// Starts the supervisor's thread.
@@ -62,17 +57,13 @@ final class SessionSupervisor: @unchecked Sendable {
         DetachedThread.start(name: "session \(settings.key.server)") { [self] in run() }
     }
 
-    /// The state the pool routes by.
-    var gauge: Gauge {
-        mailbox.withLock { $0.gauge }
-    }
+    // MARK: Commands (any thread)
 
     /// Hands a client to this session. Returns `false` if it has retired.
     func enqueue(_ connection: Connection) -> Bool {
         let taken = mailbox.withLock { box -> Bool in
-            guard box.gauge.phase != .retired else { return false }
+            guard !box.isRetired else { return false }
             box.inbox.append(connection)
-            box.gauge.load += 1
             return true
         }
         if taken { wakeup.signal() }
@@ -81,190 +72,124 @@ final class SessionSupervisor: @unchecked Sendable {
 
     /// Asks the session to end once its connections are done, closing what is left at
     /// `deadline`. With no deadline (a reload removed or changed its services) it also takes
-    /// no more clients: the pool starts a new session for those.
+    /// no more clients.
     func stop(drainUntil deadline: ContinuousClock.Instant?) {
         mailbox.withLock { box in
             box.stopping = .whenIdle(deadline: deadline)
-            if deadline == nil && box.gauge.phase != .retired { box.gauge.phase = .retired }
+            if deadline == nil { box.isRetired = true }
         }
         wakeup.signal()
     }
 
-    /// Tells the session it may be dead (sleep, network change, `tunneld reconnect`): it is
-    /// probed at once and dies unless the server answers within seconds; if its socket's
-    /// local address is no longer among `localAddresses`, it dies at once.
-    func suspect(localAddresses: Set<String>) {
-        mailbox.withLock { box in
-            guard box.gauge.phase == .up else { return }
-            box.suspicion = localAddresses
-            box.gauge.isSuspect = true
-        }
+    /// Probes the session now: it dies unless the server answers within seconds.
+    func probe() {
+        mailbox.withLock { $0.mustProbe = true }
+        wakeup.signal()
+    }
+
+    /// Looks up the route to the server and reports it (`routeChecked`).
+    func checkRoute() {
+        mailbox.withLock { $0.mustCheckRoute = true }
+        wakeup.signal()
+    }
+
+    /// Ends the session now: it cannot work any more.
+    func kill(because reason: String) {
+        mailbox.withLock { $0.killReason = reason }
         wakeup.signal()
     }
 
     private var metadata: Logger.Metadata {
-        var metadata: Logger.Metadata = ["ssh.host": "\(settings.key.server)", "ssh.user": "\(settings.key.user)"]
+        var metadata: Logger.Metadata = ["ssh.host": "\(settings.key.server)", "ssh.user": "\(settings.key.user)", "session": "\(id)"]
         if !settings.key.jump.isEmpty { metadata["ssh.jump"] = "\(settings.key.jump.map(\.login).joined(separator: ","))" }
         return metadata
-    }
-
-    private func setPhase(_ phase: Phase) {
-        mailbox.withLock { box in
-            if box.gauge.phase != .retired { box.gauge.phase = phase }
-            box.gauge.upSince = phase == .up ? .now : nil
-        }
-    }
-
-    private var isStopping: Bool {
-        mailbox.withLock { box in
-            if case .whenIdle = box.stopping { return true }
-            return false
-        }
-    }
-
-    private func takeInbox() -> [Connection] {
-        mailbox.withLock { box in
-            let taken = box.inbox
-            box.inbox.removeAll()
-            return taken
-        }
-    }
-
-    /// Retires now and returns the clients that were still waiting.
-    private func retire() -> [Connection] {
-        mailbox.withLock { box in
-            box.gauge.phase = .retired
-            let taken = box.inbox
-            box.inbox.removeAll()
-            return taken
-        }
-    }
-
-    /// Retires if no client waits. Called when the session lingered out.
-    private func retireIfIdle() -> Bool {
-        mailbox.withLock { box in
-            guard box.inbox.isEmpty else { return false }
-            box.gauge.phase = .retired
-            return true
-        }
     }
 
     // MARK: The thread
 
     private func run() {
-        let connector = SessionConnector(key: settings.key, connectTimeout: settings.connectTimeout, logger: logger, jumpPool: pool)
-        while !(isStopping && !hasWaitingClients) {
-            if isPersistent && !hasWaitingClients, let wait = pool.backoffWait(for: settings.key) {
-                setPhase(.backingOff)
-                waitOutBackoff(seconds: wait)
-                continue
-            }
-            setPhase(.connecting)
-            logger.debug("session connecting", metadata: metadata)
-            let started = ContinuousClock.now
-            let session: SSHSession
-            do {
-                session = try connector.connect()
-            } catch {
-                let reason = "\(error)"
-                let isLocalShortage = (error as? ConnectFailure)?.isLocalShortage ?? false
-                let delay = isLocalShortage ? 1 : pool.recordFailure(for: settings.key, reason: reason)
-                var details = metadata
-                details["error"] = "\(reason)"
-                if isPersistent { details["retry.seconds"] = "\(delay.secondsText)" }
-                logger.error("session connect failed", metadata: details)
-                if !isPersistent {
-                    for connection in retire() { connection.finish(.sshFailed(reason), logger: logger) }
-                    pool.supervisorEnded(self)
-                    return
-                }
-                for connection in takeInbox() { connection.finish(.sshFailed(reason), logger: logger) }
-                if isLocalShortage { waitOutBackoff(seconds: delay) }
-                continue
-            }
-            pool.recordSuccess(for: settings.key)
-            setPhase(.up)
-            var upMetadata = metadata
-            upMetadata["connect.seconds"] = "\((ContinuousClock.now - started).seconds.threeDecimals)"
-            logger.info("session up", metadata: upMetadata)
-
-            let loop = SessionEventLoop(session: session, settings: settings, logger: logger, health: isPersistent ? pool.health : nil)
-            let ending = drive(loop, socket: session.socket)
-            var downMetadata = metadata
-            switch ending {
-            case .lingeredOut:
-                downMetadata["reason"] = "idle for \(settings.linger.secondsText) s (linger)"
-                session.disconnect(reason: "idle")
-            case .stopped:
-                let removed = mailbox.withLock { $0.stopping == .whenIdle(deadline: nil) }
-                downMetadata["reason"] = removed ? "no service uses it after the reload" : "tunneld is stopping"
-                session.disconnect(reason: "shutting down")
-            case .died(let reason):
-                downMetadata["reason"] = "\(reason)"
-            }
-            logger.info("session down", metadata: downMetadata)
-            mailbox.withLock { box in
-                box.gauge.isSuspect = false
-                box.suspicion = nil
-                box.gauge.busySince = nil
-                box.gauge.upSince = nil
-            }
-
-            switch ending {
-            case .lingeredOut:
-                pool.supervisorEnded(self)
-                return
-            case .stopped:
-                continue
-            case .died(let reason):
-                if !loop.hasOpenedChannels && ContinuousClock.now - started < .seconds(2) {
-                    // A server that drops sessions right after login must not be hammered.
-                    _ = pool.recordFailure(for: settings.key, reason: reason)
-                }
-                // Clients that had no channel yet get one more chance, on another session.
-                var waiting = loop.orphans
-                if !isPersistent { waiting += retire() }
-                if !isPersistent { pool.supervisorEnded(self) }
-                for connection in waiting {
-                    if connection.isRetry || isStopping {
-                        connection.finish(isStopping ? .shutdown : .sshFailed(reason), logger: logger)
-                    } else {
-                        connection.isRetry = true
-                        pool.dispatch(connection)
-                    }
-                }
-                if !isPersistent { return }
-            }
+        logger.debug("session connecting", metadata: metadata)
+        let started = ContinuousClock.now
+        let session: any TunnelSession
+        do {
+            session = try factory.connect(settings, logger: logger)
+        } catch {
+            let reason = "\(error)"
+            var details = metadata
+            details["error"] = "\(reason)"
+            logger.error("session connect failed", metadata: details)
+            report(.connectFailed(id, reason: reason, isLocalShortage: (error as? ConnectFailure)?.isLocalShortage ?? false, clients: retire()))
+            return
         }
-        for connection in retire() { connection.finish(.shutdown, logger: logger) }
-        pool.supervisorEnded(self)
+        report(.connected(id, route: RouteCheck.of(socket: session.socket)))
+        var upMetadata = metadata
+        upMetadata["connect.seconds"] = "\((ContinuousClock.now - started).seconds.threeDecimals)"
+        logger.info("session up", metadata: upMetadata)
+
+        let loop = SessionEventLoop(session: session, settings: settings, logger: logger, health: isPersistent ? health : nil)
+        let ending = drive(loop, socket: session.socket)
+        var downMetadata = metadata
+        var diedOf: String?
+        switch ending {
+        case .lingeredOut:
+            downMetadata["reason"] = "idle for \(settings.linger.secondsText) s (linger)"
+            session.disconnect(reason: "idle")
+        case .stopped:
+            let removed = mailbox.withLock { $0.stopping == .whenIdle(deadline: nil) }
+            downMetadata["reason"] = removed ? "no service uses it after the reload" : "tunneld is stopping"
+            session.disconnect(reason: "shutting down")
+        case .died(let reason):
+            downMetadata["reason"] = "\(reason)"
+            diedOf = reason
+        }
+        logger.info("session down", metadata: downMetadata)
+        // Clients that had no channel yet get one more chance, on another session.
+        let orphans = (loop.orphans + retire()).map { connection in
+            let orphan = ServerSessions<Connection>.Orphan(client: connection, target: connection.target, isRetry: connection.isRetry)
+            connection.isRetry = true
+            return orphan
+        }
+        report(.ended(id, diedOf: diedOf, orphans: orphans, servedAnyone: loop.hasOpenedChannels, lifetime: ContinuousClock.now - started))
     }
 
-    /// Runs the event loop until the session ends: hands it clients and commands, publishes
-    /// its gauge, moves clients queued behind a stuck open to a sibling session, and sleeps
-    /// in `poll` between passes.
+    /// Retires now and returns the clients that were still waiting.
+    private func retire() -> [Connection] {
+        mailbox.withLock { box in
+            box.isRetired = true
+            let taken = box.inbox
+            box.inbox.removeAll()
+            return taken
+        }
+    }
+
+    /// What the loop last reported, so that a pass reports only a change.
+    private struct Reported: Equatable {
+        var load: Int
+        var openUnderWay: ServerSessions<Connection>.OpenUnderWay?
+        var isProbing: Bool
+    }
+
+    /// Runs the event loop until the session ends: hands it clients and commands, reports
+    /// its load and the open under way when they change, hands back the clients queued
+    /// behind a stuck open, and sleeps in `poll` between passes.
     private func drive(_ loop: SessionEventLoop, socket: Int32) -> SessionEventLoop.Ending {
         var pollSet: [pollfd] = []
-        let watchdog = pool.watchdog
+        var reported: Reported?
         let beat = watchdog?.join()
         defer { watchdog?.leave(beat) }
         while true {
-            for connection in takeInbox() { loop.add(connection) }
-            let (stopping, suspicion) = mailbox.withLock { box in
-                let suspicion = box.suspicion
-                box.suspicion = nil
-                return (box.stopping, suspicion)
+            let (arrived, stopping, mustProbe, mustCheckRoute, killReason) = mailbox.withLock { box in
+                let commands = (box.inbox, box.stopping, box.mustProbe, box.mustCheckRoute, box.killReason)
+                box.inbox.removeAll()
+                box.mustProbe = false
+                box.mustCheckRoute = false
+                return commands
             }
+            for connection in arrived { loop.add(connection) }
             loop.stopping = stopping
-            if let suspicion {
-                if let local = Socket.localEndpoint(of: socket)?.host, !suspicion.contains(local) {
-                    loop.die(because: "this machine no longer has the address \(local) the session used")
-                } else if !Socket.hasRoute(toPeerOf: socket) {
-                    loop.die(because: "no route to the server: the network is down")
-                } else {
-                    loop.markSuspect()
-                }
-            }
+            if let killReason { loop.die(because: killReason) }
+            if mustProbe { loop.markSuspect() }
+            if mustCheckRoute { report(.routeChecked(id, RouteCheck.of(socket: socket))) }
 
             if let ending = loop.step(pollSet: pollSet) {
                 if ending == .lingeredOut && !retireIfIdle() {
@@ -273,13 +198,15 @@ final class SessionSupervisor: @unchecked Sendable {
                 }
                 return ending
             }
-            let isSuspect = loop.isProbing
-            mailbox.withLock { box in
-                box.gauge.load = loop.load + box.inbox.count
-                box.gauge.busySince = loop.busySince
-                if !isSuspect { box.gauge.isSuspect = false }
+            let now = ContinuousClock.now
+            let state = Reported(load: loop.load + mailbox.withLock { $0.inbox.count },
+                                 openUnderWay: loop.openUnderWay.map { .init(target: $0.target, since: $0.since) },
+                                 isProbing: loop.isProbing)
+            if state != reported {
+                reported = state
+                report(.report(id, load: state.load, openUnderWay: state.openUnderWay, isProbing: state.isProbing))
             }
-            moveQueuedClientsIfStuck(loop)
+            handBackQueuedClientsIfStuck(loop, now: now)
             watchdog?.beat(beat)
 
             pollSet = loop.buildPollSet(wakeup: wakeup.readEnd)
@@ -290,30 +217,25 @@ final class SessionSupervisor: @unchecked Sendable {
         }
     }
 
-    /// libssh2 has one open under way per session: when it has waited longer than the stuck
-    /// bound, the clients queued behind it go to a sibling session (once each).
-    private func moveQueuedClientsIfStuck(_ loop: SessionEventLoop) {
-        guard let since = loop.busySince, loop.hasQueuedClients, ContinuousClock.now - since >= SessionSettings.stuckOpenBound else { return }
-        let moving = loop.takeQueuedClients()
-        mailbox.withLock { $0.gauge.load = loop.load + $0.inbox.count }
+    /// Retires if no client waits. Called when the session lingered out.
+    private func retireIfIdle() -> Bool {
+        mailbox.withLock { box in
+            guard box.inbox.isEmpty else { return false }
+            box.isRetired = true
+            return true
+        }
+    }
+
+    /// libssh2 has one open under way per session: when it has waited past the stuck bound,
+    /// the clients queued behind it for other targets are handed back to go to a sibling
+    /// (those for the stuck target stay: they would be stuck anywhere).
+    private func handBackQueuedClientsIfStuck(_ loop: SessionEventLoop, now: ContinuousClock.Instant) {
+        guard let open = loop.openUnderWay, loop.hasQueuedClients, now - open.since >= ServerSessions<Connection>.stuckOpenBound else { return }
+        let moving = loop.takeQueuedClients(keeping: open.target)
+        guard !moving.isEmpty else { return }
+        report(.report(id, load: loop.load + mailbox.withLock { $0.inbox.count }, openUnderWay: .init(target: open.target, since: open.since), isProbing: loop.isProbing))
         for connection in moving {
-            connection.hasMoved = true
-            pool.dispatch(connection, avoiding: self)
+            report(.clientArrived(connection, target: connection.target, avoiding: id))
         }
-    }
-
-    /// Waits until the backoff ends, a client arrives (the pool sends one only when it may
-    /// start a connect at once), or the supervisor is told to stop.
-    private func waitOutBackoff(seconds: Double) {
-        let until = ContinuousClock.now + Duration(seconds: seconds)
-        while ContinuousClock.now < until && !isStopping && !hasWaitingClients {
-            var descriptor = pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&descriptor, 1, Socket.milliseconds(until: until))
-            wakeup.drain()
-        }
-    }
-
-    private var hasWaitingClients: Bool {
-        !mailbox.withLock { $0.inbox.isEmpty }
     }
 }

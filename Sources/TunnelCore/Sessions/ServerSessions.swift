@@ -1,0 +1,320 @@
+import TunnelConfig
+
+/// Every decision about one server's SSH sessions, as a pure state machine: events in
+/// (`handle`), commands out. No threads, sockets or clocks inside: the pool feeds it what the
+/// listener and the sessions report, with the time, and carries out what it returns.
+///
+/// The rules:
+/// - A client goes to the least loaded session that is up, not suspect and not stuck on a
+///   channel open; a sibling is started when every such session carries `spreadThreshold`
+///   connections, while fewer than `maxSessions` sessions are unstuck.
+/// - A session whose channel open has waited `stuckOpenBound` is stuck. It does not count
+///   toward `maxSessions`: a server may have `stuckAllowance` stuck sessions more (the hard
+///   cap), so dead targets never starve live ones. A client whose target already has an open
+///   stuck waits behind that open (it would be stuck too) instead of taking another session.
+/// - At most one connect is under way: clients that arrive meanwhile wait for it.
+/// - Backoff throttles tunneld's own retries, never a client, except within `Backoff.floor`
+///   of a failed attempt: then the client is refused with that failure's reason.
+/// - A persistent server keeps one session that is persistent; when it ends or fails, the
+///   next one starts when the backoff allows (at once for a client that arrives).
+/// - A network change makes a session suspect only when the route to its server changed
+///   (probe it; fresh sessions take new clients meanwhile); a session with no route, or whose
+///   address is gone, is retired at once. A wake or `tunneld reconnect` suspects every session.
+struct ServerSessions<Client> {
+    /// A session's number, unique within this server for the daemon's life.
+    typealias SessionID = Int
+
+    /// What the sessions and the listener report.
+    enum Event {
+        /// A client wants a channel to `target`. `avoiding`: the session it leaves (its open
+        /// there was stuck).
+        case clientArrived(Client, target: Endpoint, avoiding: SessionID? = nil)
+        /// The session logged in; `route` is how the machine reaches the server now.
+        case connected(SessionID, route: RouteCheck)
+        /// The session could not be set up; the clients it held are handed back.
+        case connectFailed(SessionID, reason: String, isLocalShortage: Bool, clients: [Client])
+        /// The session's loop ran a pass: its load, and the open under way, if one is.
+        case report(SessionID, load: Int, openUnderWay: OpenUnderWay?, isProbing: Bool)
+        /// The session ended. Clients that had no channel yet (with their targets and whether
+        /// they were retries) are handed back; `diedOf` is set when the session failed.
+        case ended(SessionID, diedOf: String?, orphans: [Orphan], servedAnyone: Bool, lifetime: Duration)
+        /// The route to the server as a session sees it after a network change.
+        case routeChecked(SessionID, RouteCheck)
+        /// The machine woke, or `tunneld reconnect`: every session may be dead.
+        case suspectAll
+        /// The network changed: a failure from before it no longer refuses anyone.
+        case networkChanged
+        /// Time passed (for persistent restarts).
+        case tick
+        /// A reload changed or removed this server: sessions finish their clients and end.
+        case retireAll
+        /// tunneld is stopping: no new sessions, clients are refused.
+        case stop
+    }
+
+    /// A client a session hands back, with what routing needs to know of it.
+    struct Orphan {
+        var client: Client
+        var target: Endpoint
+        var isRetry: Bool
+    }
+
+    /// The open a session has under way: where to, and since when.
+    struct OpenUnderWay: Equatable {
+        var target: Endpoint
+        var since: ContinuousClock.Instant
+    }
+
+    /// What the pool must do.
+    enum Command {
+        /// Start a new session thread with this number.
+        case start(SessionID, isPersistent: Bool)
+        /// Hand the client to this session (up, or still connecting).
+        case hand(Client, to: SessionID)
+        /// Close the client at once with this reason.
+        case refuse(Client, reason: String)
+        /// Probe the session now: it dies unless the server answers within seconds.
+        case probe(SessionID)
+        /// End the session now (it is dead): its clients are cut, its waiting ones handed back.
+        case kill(SessionID, reason: String)
+        /// End the session once its clients are done; it takes no new ones.
+        case retire(SessionID)
+        /// Ask the session to check its route to the server (after a network change).
+        case checkRoute(SessionID)
+        /// Say once that the hard cap is reached.
+        case capReached(sessions: Int)
+    }
+
+    /// Where a session is in its life, as the core sees it.
+    enum Phase: Equatable {
+        case connecting
+        case up
+    }
+
+    /// One session as the core knows it.
+    struct Session: Equatable {
+        var phase = Phase.connecting
+        var isPersistent: Bool
+        /// Connections plus clients handed to it and not yet reported as taken.
+        var load = 0
+        var openUnderWay: OpenUnderWay?
+        /// Told it may be dead, and not yet proven alive.
+        var isSuspect = false
+        var upSince: ContinuousClock.Instant?
+        /// The route to the server when the session came up, or after its last check.
+        var route: RouteFacts?
+
+        /// Whether its open under way has waited past the stuck bound at `now`.
+        func isStuck(at now: ContinuousClock.Instant) -> Bool {
+            openUnderWay.map { now - $0.since >= ServerSessions.stuckOpenBound } ?? false
+        }
+    }
+
+    /// An open under way longer than this is stuck: the next clients go to a sibling.
+    static var stuckOpenBound: Duration { .milliseconds(250) }
+    /// A session carrying this many connections makes the core start a sibling, if allowed.
+    static var spreadThreshold: Int { 4 }
+    /// How many stuck sessions a server may have beyond `maxSessions`.
+    static var stuckAllowance: Int { 16 }
+
+    private(set) var settings: SessionSettings
+    private(set) var sessions: [SessionID: Session] = [:]
+    private(set) var backoff = Backoff()
+    /// Failed connects since start.
+    private(set) var connectFailures = 0
+    /// Whether the hard cap was reached and said, so it is said once per episode.
+    private(set) var isAtCap = false
+    private(set) var isStopping = false
+    private var nextID: SessionID = 1
+
+    init(settings: SessionSettings) {
+        self.settings = settings
+    }
+
+    /// The hard cap on sessions, stuck ones included.
+    var hardCap: Int { settings.maxSessions + Self.stuckAllowance }
+
+    /// Takes new settings after a reload (running sessions keep theirs).
+    mutating func update(settings: SessionSettings) {
+        self.settings = settings
+    }
+
+    // MARK: Events
+
+    /// Takes one event at `now`; returns what to do, in order.
+    mutating func handle(_ event: Event, now: ContinuousClock.Instant) -> [Command] {
+        var commands: [Command] = []
+        switch event {
+        case .clientArrived(let client, let target, let avoiding):
+            route(client, target: target, avoiding: avoiding, now: now, into: &commands)
+        case .connected(let id, let check):
+            backoff.succeeded()
+            sessions[id]?.phase = .up
+            sessions[id]?.upSince = now
+            if case .route(let facts) = check { sessions[id]?.route = facts }
+        case .connectFailed(let id, let reason, let isLocalShortage, let clients):
+            let wasPersistent = sessions[id]?.isPersistent ?? false
+            sessions[id] = nil
+            // A local shortage (descriptors, memory) is not the server's fault: it is not
+            // counted against it, but still spaces out the next attempt.
+            if !isLocalShortage { connectFailures += 1 }
+            _ = backoff.failed(reason, now: now)
+            for client in clients { commands.append(.refuse(client, reason: reason)) }
+            if wasPersistent { startPersistentIfMissing(now: now, into: &commands) }
+        case .report(let id, let load, let open, let isProbing):
+            guard sessions[id] != nil else { break }
+            sessions[id]!.load = load
+            sessions[id]!.openUnderWay = open
+            if !isProbing { sessions[id]!.isSuspect = false }
+            if isAtCap && sessions.count < hardCap { isAtCap = false }
+        case .ended(let id, let diedOf, let orphans, let servedAnyone, let lifetime):
+            let wasPersistent = sessions[id]?.isPersistent ?? false
+            sessions[id] = nil
+            if let reason = diedOf, !servedAnyone, lifetime < .seconds(2) {
+                // A server that drops sessions right after login must not be hammered.
+                connectFailures += 1
+                _ = backoff.failed(reason, now: now)
+            }
+            for orphan in orphans {
+                if orphan.isRetry || isStopping {
+                    commands.append(.refuse(orphan.client, reason: isStopping ? "tunneld is stopping" : diedOf ?? "the session ended"))
+                } else {
+                    route(orphan.client, target: orphan.target, avoiding: nil, now: now, into: &commands)
+                }
+            }
+            if wasPersistent { startPersistentIfMissing(now: now, into: &commands) }
+        case .routeChecked(let id, let check):
+            guard let session = sessions[id], session.phase == .up else { break }
+            switch check {
+            case .route(let facts):
+                if facts != session.route {
+                    sessions[id]!.route = facts
+                    sessions[id]!.isSuspect = true
+                    commands.append(.probe(id))
+                }
+            case .unknown:
+                break
+            case .gone(let reason):
+                sessions[id] = nil
+                commands.append(.kill(id, reason: reason))
+            }
+        case .suspectAll:
+            backoff.reset()
+            for (id, session) in sessions.sorted(by: { $0.key < $1.key }) where session.phase == .up {
+                sessions[id]!.isSuspect = true
+                commands.append(.checkRoute(id))
+                commands.append(.probe(id))
+            }
+            startPersistentIfMissing(now: now, into: &commands)
+        case .networkChanged:
+            backoff.reset()
+            for id in sessions.keys.sorted() where sessions[id]!.phase == .up {
+                commands.append(.checkRoute(id))
+            }
+            startPersistentIfMissing(now: now, into: &commands)
+        case .tick:
+            startPersistentIfMissing(now: now, into: &commands)
+        case .retireAll:
+            for id in sessions.keys.sorted() {
+                commands.append(.retire(id))
+            }
+            sessions.removeAll()
+        case .stop:
+            isStopping = true
+        }
+        return commands
+    }
+
+    /// When the core must be ticked next, if at all: a persistent server's retry.
+    var nextTick: ContinuousClock.Instant? {
+        guard settings.isPersistent, !isStopping, !sessions.values.contains(where: \.isPersistent) else { return nil }
+        return backoff.retryAt
+    }
+
+    // MARK: Routing
+
+    private mutating func route(_ client: Client, target: Endpoint, avoiding: SessionID?, now: ContinuousClock.Instant, into commands: inout [Command]) {
+        guard !isStopping else {
+            commands.append(.refuse(client, reason: "tunneld is stopping"))
+            return
+        }
+        let ids = sessions.keys.sorted()
+        let others = ids.filter { $0 != avoiding }
+        // 1. Behind an open already stuck on the same target: another session would be stuck too.
+        if let behind = others.first(where: { sessions[$0]!.isStuck(at: now) && sessions[$0]!.openUnderWay?.target == target }) {
+            hand(client, to: behind, into: &commands)
+            return
+        }
+        let unstuck = ids.filter { !sessions[$0]!.isStuck(at: now) }
+        let hasRoom = unstuck.count < settings.maxSessions && ids.count < hardCap
+        let ready = others.filter { id in
+            let session = sessions[id]!
+            return session.phase == .up && !session.isSuspect && !session.isStuck(at: now)
+        }
+        let refusal = backoff.refusal(now: now)
+        // 2. The least loaded ready session, unless it is busy and a sibling may start.
+        if let best = ready.min(by: { sessions[$0]!.load < sessions[$1]!.load }),
+           sessions[best]!.load < Self.spreadThreshold || !hasRoom || refusal != nil {
+            hand(client, to: best, into: &commands)
+            return
+        }
+        // 3. The connect under way.
+        if let connecting = others.first(where: { sessions[$0]!.phase == .connecting }) {
+            hand(client, to: connecting, into: &commands)
+            return
+        }
+        // 4. Within a second of a failed connect: refuse with its reason (offline fails fast).
+        if let refusal {
+            commands.append(.refuse(client, reason: refusal))
+            return
+        }
+        // 5. A new session, if there is room, or if every session is suspect (the fresh one
+        //    races the old ones' probes) and the hard cap allows.
+        let allSuspect = !others.isEmpty && others.allSatisfy { sessions[$0]!.isSuspect }
+        if hasRoom || (allSuspect && ids.count < hardCap) || ids.isEmpty {
+            let id = startSession(isPersistent: settings.isPersistent && !sessions.values.contains(where: \.isPersistent), into: &commands)
+            hand(client, to: id, into: &commands)
+            return
+        }
+        // 6. No room: the least loaded session serves the client in turn.
+        if ids.count >= hardCap && !isAtCap {
+            isAtCap = true
+            commands.append(.capReached(sessions: ids.count))
+        }
+        let candidates = ready.isEmpty ? (others.isEmpty ? ids : others) : ready
+        let least = candidates.min { sessions[$0]!.load < sessions[$1]!.load }!
+        hand(client, to: least, into: &commands)
+    }
+
+    private mutating func hand(_ client: Client, to id: SessionID, into commands: inout [Command]) {
+        sessions[id]!.load += 1
+        commands.append(.hand(client, to: id))
+    }
+
+    private mutating func startSession(isPersistent: Bool, into commands: inout [Command]) -> SessionID {
+        let id = nextID
+        nextID += 1
+        sessions[id] = Session(isPersistent: isPersistent)
+        commands.append(.start(id, isPersistent: isPersistent))
+        return id
+    }
+
+    /// A persistent server without its persistent session starts one, at once or, backing
+    /// off, at its retry time (`nextTick`).
+    private mutating func startPersistentIfMissing(now: ContinuousClock.Instant, into commands: inout [Command]) {
+        guard settings.isPersistent, !isStopping, !sessions.values.contains(where: \.isPersistent) else { return }
+        if let retryAt = backoff.retryAt, retryAt > now { return }
+        _ = startSession(isPersistent: true, into: &commands)
+    }
+
+    // MARK: Status
+
+    /// Sessions up now.
+    var sessionsUp: Int { sessions.values.filter { $0.phase == .up }.count }
+    /// Sessions stuck on a channel open at `now`.
+    func stuckCount(at now: ContinuousClock.Instant) -> Int { sessions.values.filter { $0.isStuck(at: now) }.count }
+    /// Whether a connect is under way.
+    var isConnecting: Bool { sessions.values.contains { $0.phase == .connecting } }
+    /// When the oldest session up came up.
+    var oldestUpSince: ContinuousClock.Instant? { sessions.values.compactMap(\.upSince).min() }
+}
