@@ -156,6 +156,49 @@ enum TCP {
     }
 }
 
+extension TCP {
+    /// How a stream ended for its reader.
+    enum Ending: Equatable {
+        case endOfFile
+        case reset
+    }
+
+    /// Like `exchange`, but a reset ends the reading instead of throwing: returns what came
+    /// back, how the stream ended, and the client's own port (to find its log line).
+    static func exchangeNoticingReset(port: UInt16, _ bytes: [UInt8], timeout: Double = 30) throws -> ([UInt8], Ending, UInt16) {
+        let fd = try connect(port: port, timeout: timeout)
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        let localPort = UInt16(bigEndian: local.sin_port)
+        let sent = Outcome()
+        // The sender must be done with the descriptor before it is closed and its number reused.
+        defer {
+            _ = sent.wait()
+            close(fd)
+        }
+        let sender = Thread {
+            // A cut stream fails the sender too; the reader says how it ended.
+            try? sendAll(fd, bytes)
+            shutdown(fd, Int32(SHUT_WR))
+            sent.finish(nil)
+        }
+        sender.start()
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count == 0 { return (result, .endOfFile, localPort) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                if errno == ECONNRESET { return (result, .reset, localPort) }
+                throw Failure(description: "recv after \(result.count) bytes on port \(localPort): \(String(cString: strerror(errno)))")
+            }
+            result.append(contentsOf: buffer[0..<count])
+        }
+    }
+}
+
 /// The result of work on another thread, waited for once.
 final class Outcome: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)

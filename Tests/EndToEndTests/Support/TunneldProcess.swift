@@ -58,6 +58,9 @@ final class TunneldProcess {
 
     var pid: Int32 { process.pid }
 
+    /// The control socket the daemon was given (unless a stanza named its own).
+    var controlSocket: String { directory.file("control.sock") }
+
     var log: String {
         (try? String(contentsOfFile: logFile, encoding: .utf8)) ?? ""
     }
