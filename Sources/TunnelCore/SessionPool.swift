@@ -48,6 +48,8 @@ final class SessionPool: @unchecked Sendable {
         var sessionsUp: Int
         /// Sessions stuck on a channel open now (they do not count toward `sessions`).
         var sessionsStuck = 0
+        /// Whether the hard cap on sessions is reached.
+        var isAtCap = false
         /// Seconds the oldest session up has been up.
         var oldestSessionSeconds: Double?
         /// Failed connects since start.
@@ -243,7 +245,7 @@ final class SessionPool: @unchecked Sendable {
             let now = ContinuousClock.now
             let up = core.sessionsUp
             var status = ServerStatus(
-                state: "idle", sessionsUp: up, sessionsStuck: core.stuckCount(at: now),
+                state: "idle", sessionsUp: up, sessionsStuck: core.stuckCount(at: now), isAtCap: core.isAtCap,
                 oldestSessionSeconds: core.oldestUpSince.map { (now - $0).seconds },
                 connectFailures: core.connectFailures, lastError: core.backoff.lastError, lastErrorAt: server.lastErrorAt)
             if let wait = core.backoff.wait(now: now), up == 0 {

@@ -13,6 +13,10 @@ public struct StatusReport: Codable, Equatable {
         public var session: String
         /// How many SSH sessions to the server are up.
         public var sessionsUp: Int
+        /// How many of them are stuck on a channel open (they do not count toward `sessions`).
+        public var sessionsStuck = 0
+        /// Whether the server's hard cap on sessions (`sessions` + 16) is reached.
+        public var sessionCapReached = false
         /// When a backing-off session tries again (ISO 8601).
         public var retryAt: String?
         /// The last failure to connect to the server, and when (ISO 8601).
@@ -54,7 +58,10 @@ public struct StatusReport: Codable, Equatable {
         var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "SESSION", "LIVE", "TOTAL", "UP", "DOWN", "LAST ERROR"]]
         for service in services {
             var session = service.session
-            if service.sessionsUp > 1 { session += " (\(service.sessionsUp))" }
+            if service.sessionsUp > 1 || service.sessionsStuck > 0 {
+                session += " (\(service.sessionsUp)" + (service.sessionsStuck > 0 ? ", \(service.sessionsStuck) stuck" : "") + ")"
+            }
+            if service.sessionCapReached { session += " at cap" }
             if let retryAt = service.retryAt { session += " until \(retryAt)" }
             var lastError = service.lastError ?? "-"
             if let at = service.lastErrorAt { lastError += " (\(at))" }
@@ -128,6 +135,8 @@ public struct StatusReport: Codable, Equatable {
         var servers: [ServiceStatus] = []
         for service in services where !servers.contains(where: { $0.via == service.via }) { servers.append(service) }
         family("tunneld_sessions_up", "gauge", "SSH sessions up to the server.", servers.map { ([("server", $0.via)], "\($0.sessionsUp)") })
+        family("tunneld_sessions_stuck", "gauge", "SSH sessions to the server stuck on a channel open (outside the sessions count).",
+               servers.map { ([("server", $0.via)], "\($0.sessionsStuck)") })
         family("tunneld_session_age_seconds", "gauge", "Seconds the server's oldest session has been up (0 when none is).",
                servers.map { ([("server", $0.via)], Self.number($0.sessionAgeSeconds ?? 0)) })
         family("tunneld_connect_failures_total", "counter", "Failed attempts to set up a session with the server.",

@@ -104,6 +104,28 @@ final class ServerSessionsTests: XCTestCase {
         XCTAssertEqual(describe(arrive(&core, "hole-2", to: dead(1), avoiding: 2)), ["hand hole-2 1"], "behind the open stuck on its own target")
     }
 
+    func testClientsHandedBackFromAStuckOpenGetASessionPerTargetAndNeverStandBeforeAnotherTarget() {
+        var core = core()
+        _ = arrive(&core, "first", to: dead(1))
+        up(&core, 1)
+        stuck(&core, 1, on: dead(1), load: 9)
+        // The supervisor hands back what queued behind the stuck open: two more dead targets
+        // (two clients each) and a client of the live service.
+        XCTAssertEqual(describe(arrive(&core, "d2a", to: dead(2), avoiding: 1)), ["start 2", "hand d2a 2"])
+        XCTAssertEqual(describe(arrive(&core, "d3a", to: dead(3), avoiding: 1)), ["start 3", "hand d3a 3"])
+        XCTAssertEqual(describe(arrive(&core, "d2b", to: dead(2), avoiding: 1)), ["hand d2b 2"], "with its target's session")
+        XCTAssertEqual(describe(arrive(&core, "mail", to: mail, avoiding: 1)), ["start 4", "hand mail 4"])
+        // A new client of the live service takes no session dedicated to a target not yet
+        // known to answer.
+        XCTAssertEqual(describe(arrive(&core, "mail2", to: mail)), ["hand mail2 4"])
+        XCTAssertEqual(describe(arrive(&core, "web", to: good)), ["start 5", "hand web 5"], "dedicated sessions do not count toward sessions")
+        // Once the live target's open is answered, its session is an ordinary one.
+        up(&core, 4)
+        send(&core, .report(4, load: 2, openUnderWay: .init(target: mail, since: clock.now), isProbing: false))
+        send(&core, .report(4, load: 2, openUnderWay: nil, isProbing: false))
+        XCTAssertNil(core.sessions[4]!.dedicatedTarget)
+    }
+
     func testAnOpenUnderWayForLessThanTheBoundIsNotStuck() {
         var core = core()
         _ = arrive(&core, "a", to: mail)

@@ -12,6 +12,10 @@ import TunnelConfig
 ///   toward `maxSessions`: a server may have `stuckAllowance` stuck sessions more (the hard
 ///   cap), so dead targets never starve live ones. A client whose target already has an open
 ///   stuck waits behind that open (it would be stuck too) instead of taking another session.
+/// - Clients handed back from behind a stuck open may be for dead targets too: each target
+///   gets a session of its own (dedicated, outside `maxSessions` like a stuck one), so that
+///   one dead target's open never stands again in front of another target's clients. A
+///   dedicated session whose open is answered becomes an ordinary one.
 /// - At most one connect is under way: clients that arrive meanwhile wait for it.
 /// - Backoff throttles tunneld's own retries, never a client, except within `Backoff.floor`
 ///   of a failed attempt: then the client is refused with that failure's reason.
@@ -103,6 +107,11 @@ struct ServerSessions<Client> {
         var upSince: ContinuousClock.Instant?
         /// The route to the server when the session came up, or after its last check.
         var route: RouteFacts?
+        /// Started for the clients of this target handed back from behind a stuck open: it
+        /// takes no other target's clients until its first open is answered.
+        var dedicatedTarget: Endpoint?
+        /// Whether it has reported an open under way (a dedicated session's first).
+        var hasReportedOpen = false
 
         /// Whether its open under way has waited past the stuck bound at `now`.
         func isStuck(at now: ContinuousClock.Instant) -> Bool {
@@ -165,6 +174,12 @@ struct ServerSessions<Client> {
             guard sessions[id] != nil else { break }
             sessions[id]!.load = load
             sessions[id]!.openUnderWay = open
+            if open != nil {
+                sessions[id]!.hasReportedOpen = true
+            } else if sessions[id]!.hasReportedOpen {
+                // Its open was answered: the target is alive, the session an ordinary one.
+                sessions[id]!.dedicatedTarget = nil
+            }
             if !isProbing { sessions[id]!.isSuspect = false }
             if isAtCap && sessions.count < hardCap { isAtCap = false }
         case .ended(let id, let diedOf, let orphans, let servedAnyone, let lifetime):
@@ -240,16 +255,25 @@ struct ServerSessions<Client> {
         }
         let ids = sessions.keys.sorted()
         let others = ids.filter { $0 != avoiding }
-        // 1. Behind an open already stuck on the same target: another session would be stuck too.
-        if let behind = others.first(where: { sessions[$0]!.isStuck(at: now) && sessions[$0]!.openUnderWay?.target == target }) {
+        // 1. Behind an open already stuck on the same target (another session would be
+        //    stuck too), or with the target's dedicated session.
+        if let behind = others.first(where: { sessions[$0]!.isStuck(at: now) && sessions[$0]!.openUnderWay?.target == target })
+            ?? others.first(where: { sessions[$0]!.dedicatedTarget == target }) {
             hand(client, to: behind, into: &commands)
             return
         }
-        let unstuck = ids.filter { !sessions[$0]!.isStuck(at: now) }
-        let hasRoom = unstuck.count < settings.maxSessions && ids.count < hardCap
+        let ordinary = ids.filter { !sessions[$0]!.isStuck(at: now) && sessions[$0]!.dedicatedTarget == nil }
+        let hasRoom = ordinary.count < settings.maxSessions && ids.count < hardCap
+        // A client handed back from behind a stuck open gets a session for its target.
+        if avoiding != nil && ids.count < hardCap {
+            let id = startSession(isPersistent: false, into: &commands)
+            sessions[id]!.dedicatedTarget = target
+            hand(client, to: id, into: &commands)
+            return
+        }
         let ready = others.filter { id in
             let session = sessions[id]!
-            return session.phase == .up && !session.isSuspect && !session.isStuck(at: now)
+            return session.phase == .up && !session.isSuspect && !session.isStuck(at: now) && session.dedicatedTarget == nil
         }
         let refusal = backoff.refusal(now: now)
         // 2. The least loaded ready session, unless it is busy and a sibling may start.
@@ -259,7 +283,7 @@ struct ServerSessions<Client> {
             return
         }
         // 3. The connect under way.
-        if let connecting = others.first(where: { sessions[$0]!.phase == .connecting }) {
+        if let connecting = others.first(where: { sessions[$0]!.phase == .connecting && sessions[$0]!.dedicatedTarget == nil }) {
             hand(client, to: connecting, into: &commands)
             return
         }
