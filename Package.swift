@@ -18,8 +18,12 @@ let package = Package(
             pkgConfig: "libssh2",
             providers: [.apt(["libssh2-1-dev"])]
         ),
-        // The configuration language: pure Swift, no sockets, no C.
-        .target(name: "TunnelConfig"),
+        // What every other module stands on: locks, threads, the one EINTR/EAGAIN layer for
+        // descriptors, child programs.
+        .target(name: "Platform", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // The configuration language: pure Swift, no sockets; child programs (ssh -G) only
+        // through Platform.
+        .target(name: "TunnelConfig", dependencies: ["Platform"]),
         // The libssh2 wrapper: sessions, channels, host keys, authentication.
         .target(
             name: "SSHTransport",
@@ -30,7 +34,7 @@ let package = Package(
         .target(
             name: "TunnelCore",
             dependencies: [
-                "TunnelConfig", "SSHTransport",
+                "Platform", "TunnelConfig", "SSHTransport",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
@@ -43,9 +47,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "TunnelConfigTests", dependencies: ["TunnelConfig", "SSHTransport"]),
+        .testTarget(name: "TunnelConfigTests", dependencies: ["Platform", "TunnelConfig", "SSHTransport"]),
         .testTarget(name: "SSHTransportTests", dependencies: ["SSHTransport"]),
-        .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "TunnelCoreTests", dependencies: ["Platform", "TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         // Starts a real OpenSSH sshd and the tunneld binary; needs `swift build` first.
         .testTarget(name: "EndToEndTests"),
     ],

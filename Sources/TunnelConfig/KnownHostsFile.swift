@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Platform
 
 /// A problem with a file tunneld reads or writes, as one sentence naming the file.
 public struct FileProblem: Error, Equatable, CustomStringConvertible {

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Platform
 
 /// What OpenSSH's own resolver (`ssh -G`) says about a Host alias: only the settings the
 /// ssh_config file gave, not ssh's defaults. Pure lookup: ssh makes no connection.

@@ -1,5 +1,6 @@
 import Dispatch
 import Glibc
+import Platform
 import TunnelConfig
 
 /// Decides whether a client address may use a service, from `only_from` and `no_access`

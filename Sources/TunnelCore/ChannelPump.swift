@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import SSHTransport
 
 /// Copies bytes both ways between one client and its channel, through the loop's scratch

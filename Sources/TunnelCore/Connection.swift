@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// One accepted client and, once opened, its channel: the state of both copy directions.

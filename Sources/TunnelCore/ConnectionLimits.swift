@@ -1,3 +1,4 @@
+import Platform
 import TunnelConfig
 
 /// A service's `instances`, `per_source` and `cps` limits, as xinetd defines them, with the

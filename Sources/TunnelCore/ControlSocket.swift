@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Platform
 import TunnelConfig
 
 /// The daemon's Unix control socket (mode 0600, or 0660 for a group): a client sends one

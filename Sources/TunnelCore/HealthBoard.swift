@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Platform
 import TunnelConfig
 
 /// One service's health probe (`probe = interval`): a channel opened to its target and

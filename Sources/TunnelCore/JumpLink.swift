@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 import TunnelConfig
 
 /// The connection of a session that goes through a jump host: a socketpair, one end of which

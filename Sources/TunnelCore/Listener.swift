@@ -1,6 +1,7 @@
 import Dispatch
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// The accept loop: one thread polls every service's listening socket and hands each new

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// Serves `GET /metrics` over HTTP (`metrics = [HOST:]PORT` in `defaults`) with what

@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// Watches the kernel's link, address and route changes (rtnetlink) on its own thread and
 /// reports each burst of them once. It sleeps in `poll` until the kernel has news, so an idle

@@ -1,4 +1,5 @@
 import FoundationEssentials
+import Platform
 import TunnelConfig
 
 /// The counters of one service that `tunneld status` shows. Updated from the listener and

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Logging
+import Platform
 import SSHTransport
 import TunnelConfig
 

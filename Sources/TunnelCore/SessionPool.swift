@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Logging
+import Platform
 import TunnelConfig
 
 /// Carries out the decisions of each server's sessions: it feeds every event (a client

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// The thread that owns one SSH session to a server, for the session's one life: it

@@ -1,6 +1,7 @@
 import Dispatch
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// Carries one connection outside the daemon, through the same session code: standard input

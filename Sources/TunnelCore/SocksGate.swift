@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// The SOCKS5 handshake of new clients of `type = SOCKS` services, on its own thread: each

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import Platform
 
 /// systemd's watchdog (`WatchdogSec=`), kept by the threads that could hang rather than by a
 /// timer: each event loop (the listener, every session) beats after each pass and wakes at

@@ -1,4 +1,5 @@
 import Glibc
+import Platform
 
 /// The pool's one timer thread: it sleeps until the earliest time a decision core asked to
 /// be ticked (a persistent session's retry after a backoff), ticks, and sleeps again. With

@@ -1,10 +1,10 @@
 import Glibc
 
 /// Threads made with pthread_create: each runs one closure, detached, under a name.
-enum DetachedThread {
+public enum DetachedThread {
     /// Runs `body` on a new detached thread named `name` (as `ps -L` shows it; a name over
     /// 15 bytes is not set). If the system cannot make a thread, `body` does not run.
-    static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
         let work = Unmanaged.passRetained(Work(name: name, body: body)).toOpaque()
         var thread = pthread_t()
         guard pthread_create(&thread, nil, runWork, work) == 0 else {

@@ -2,16 +2,16 @@ import Glibc
 
 /// Runs a program to its end: posix_spawn(3), stdin from /dev/null, stdout and stderr
 /// collected through pipes while it runs (so a large output cannot stall it), bounded in time.
-enum ChildProgram {
+public enum ChildProgram {
     /// How a program that ran ended, and what it wrote.
-    struct Exit {
+    public struct Exit {
         /// The exit status, or 128 + the signal that killed it.
-        var status: Int32
-        var output: [UInt8]
-        var errors: [UInt8]
+        public var status: Int32
+        public var output: [UInt8]
+        public var errors: [UInt8]
     }
 
-    enum Failure: Error {
+    public enum Failure: Error {
         /// posix_spawn failed; the text is strerror's.
         case cannotStart(String)
         /// The program ran longer than allowed and was killed.
@@ -22,7 +22,7 @@ enum ChildProgram {
     /// with default signal handling (the descriptors tunneld opens are close-on-exec). Kills
     /// it (SIGKILL) when it runs over `timeout` seconds. Once it has exited, its output is
     /// read for at most one more second (a child it left behind may hold the pipes open).
-    static func run(_ path: String, _ arguments: [String], environment: [String: String], timeout: Double) -> Result<Exit, Failure> {
+    public static func run(_ path: String, _ arguments: [String], environment: [String: String], timeout: Double) -> Result<Exit, Failure> {
         var output: [Int32] = [-1, -1]
         var errors: [Int32] = [-1, -1]
         guard makePipe(&output) else { return .failure(.cannotStart(String(cString: strerror(errno)))) }

@@ -2,22 +2,22 @@ import Glibc
 
 /// Reads and writes on non-blocking descriptors: the one place where EINTR is retried and
 /// EAGAIN becomes "would block".
-enum DescriptorIO {
-    enum ReadResult: Equatable {
+public enum DescriptorIO {
+    public enum ReadResult: Equatable {
         case bytes(Int)
         case endOfFile
         case wouldBlock
         case failed(Int32)
     }
 
-    enum WriteResult: Equatable {
+    public enum WriteResult: Equatable {
         case wrote(Int)
         case wouldBlock
         case failed(Int32)
     }
 
     /// Reads once into `buffer`.
-    static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
+    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> ReadResult {
         while true {
             let count = Glibc.read(fd, buffer.baseAddress, buffer.count)
             if count > 0 { return .bytes(count) }
@@ -31,7 +31,7 @@ enum DescriptorIO {
     }
 
     /// Writes as much of `bytes` as the descriptor takes now.
-    static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> WriteResult {
+    public static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> WriteResult {
         var offset = 0
         while offset < bytes.count {
             let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
