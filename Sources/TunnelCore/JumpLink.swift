@@ -12,7 +12,7 @@ final class JumpLink: Sendable {
     /// The jump host the link goes through, as `user@host:port`.
     let jumpHost: String
     let server: Endpoint
-    private let outcome = Locked<ConnectionOutcome?>(nil)
+    private let outcome = Outcome<ConnectionOutcome>()
 
     /// Opens a link to `server` through a session of `route`: returns at once, with the
     /// channel open under way; a session that writes meanwhile finds its bytes waiting in
@@ -30,7 +30,7 @@ final class JumpLink: Sendable {
         let carried = Connection(
             client: ClientEnd(socket: ends[1]), peer: Endpoint(host: "127.0.0.1", port: 0),
             service: carrierService(to: server, through: route), stats: ServiceStats())
-        carried.onFinish = { [link] outcome in link.outcome.withLock { $0 = outcome } }
+        carried.onFinish = { [link] outcome in link.outcome.set(outcome) }
         carried.stats.connectionStarted()
         pool.dispatch(carried)
         return link
@@ -46,22 +46,15 @@ final class JumpLink: Sendable {
     /// without success; waits up to `patience` for the jump side to say, since the session
     /// may see its end of the socketpair close first.
     func failure(waiting patience: Duration = .milliseconds(300)) -> String? {
-        let deadline = ContinuousClock.now + patience
-        while true {
-            if let ended = outcome.withLock({ $0 }) {
-                switch ended {
-                case .sshFailed(let reason), .clientError(let reason):
-                    return "cannot reach \(server) through jump host \(jumpHost): \(reason)"
-                case .refused(let reason):
-                    return "jump host \(jumpHost) could not open a channel to \(server): \(reason)"
-                case .shutdown:
-                    return "cannot reach \(server) through jump host \(jumpHost): tunneld is stopping"
-                case .ok, .limit, .access:
-                    return nil
-                }
-            }
-            if ContinuousClock.now >= deadline { return nil }
-            usleep(2_000)
+        switch outcome.wait(upTo: patience) {
+        case .sshFailed(let reason), .clientError(let reason):
+            return "cannot reach \(server) through jump host \(jumpHost): \(reason)"
+        case .refused(let reason):
+            return "jump host \(jumpHost) could not open a channel to \(server): \(reason)"
+        case .shutdown:
+            return "cannot reach \(server) through jump host \(jumpHost): tunneld is stopping"
+        case .ok, .limit, .access, nil:
+            return nil
         }
     }
 

@@ -67,4 +67,20 @@ final class PlatformHelperTests: XCTestCase {
         XCTAssertEqual(FilePrefix.read(path, atMost: 1 << 20)?.count, 100_000)
         XCTAssertNil(FilePrefix.read(path + ".missing", atMost: 10))
     }
+
+    func testAnOutcomeWakesItsWaiterAtOnceAndOtherwiseWaitsOnlyItsPatience() {
+        let outcome = Outcome<String>()
+        var started = ContinuousClock.now
+        XCTAssertNil(outcome.wait(upTo: .milliseconds(50)))
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - started, .milliseconds(50))
+        XCTAssertLessThan(ContinuousClock.now - started, .milliseconds(500))
+        DetachedThread.start(name: "setter") {
+            usleep(20_000)
+            outcome.set("first")
+            outcome.set("second")
+        }
+        started = .now
+        XCTAssertEqual(outcome.wait(upTo: .seconds(5)), "first", "the first value stays")
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(1), "woken, not timed out")
+    }
 }
