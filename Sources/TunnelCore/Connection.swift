@@ -3,32 +3,35 @@ import Logging
 import Platform
 import TunnelConfig
 
-/// One accepted client and, once opened, its channel: the state of both copy directions.
+/// One client and, once opened, its channel: the state of both copy directions.
 ///
-/// A connection has one owner at a time: the listener that accepted it, then the session
-/// event loop it was handed to (through a locked inbox). Its client descriptors are closed
-/// exactly once, by `finish`; after that the connection holds no descriptor at all, so no
-/// later call can touch a number the kernel may have given to another client.
+/// Who the client is, and where it goes, is its `ticket`, which nobody rewrites. The rest is
+/// the state of its tunnel, touched only by the thread that owns the connection: the listener
+/// (or the SOCKS gate) that accepted it, then the session it was handed to, whose loop alone
+/// pumps it. Its client descriptors are closed exactly once, by `finish`, or handed on whole
+/// by `handOver`; after either the connection holds no descriptor at all, so no later call can
+/// touch a number the kernel may have given to another client.
 ///
 /// Bytes move through the loop's scratch buffer; only what the receiving side refused stays
 /// here (`toServer`, `toClient`), and while it does, that direction reads nothing more. So a
 /// connection holds at most one read's worth of bytes per direction.
 final class Connection: @unchecked Sendable {
-    let peer: Endpoint
-    let service: Service
-    let stats: ServiceStats
-    let acceptedAt: ContinuousClock.Instant
+    let ticket: ClientTicket
+    var peer: Endpoint { ticket.peer }
+    var service: Service { ticket.service }
+    var stats: ServiceStats { ticket.stats }
+    var acceptedAt: ContinuousClock.Instant { ticket.acceptedAt }
+    var target: Endpoint { ticket.target }
+
+    // The session's own state of the client (its loop's thread alone writes it).
+
     /// Whether this client was already moved once from a session that died under it.
     var isRetry = false
-    /// Whether this client was already moved once off a session whose channel open is stuck.
-    var hasMoved = false
-    /// When the client's channel open must have been answered.
+    /// When the client's channel open must have been answered (set by the first session
+    /// that queues it; moving never extends it).
     var openDeadline: ContinuousClock.Instant?
-    /// Where its channel goes: the service's target, or the one a SOCKS client named.
-    var target: Endpoint
-    /// A SOCKS client waits for the reply to its CONNECT: success when the channel opens,
-    /// else a failure code, written by `finish`.
-    var isSocksReplyOwed = false
+    /// A SOCKS client still waits for the reply to its CONNECT.
+    private(set) var isSocksReplyOwed: Bool
 
     var channel: (any TunnelChannel)? {
         didSet { if channel != nil { hadChannel = true } }
@@ -52,19 +55,35 @@ final class Connection: @unchecked Sendable {
     var bytesUp = 0
     var bytesDown = 0
 
-    /// Called once when the connection has ended, after its log line (e.g. to free a limit slot).
-    var onFinish: (@Sendable (ConnectionOutcome) -> Void)?
-
     /// The client's descriptors while the connection is open; `nil` once finished.
     private var client: ClientEnd?
 
-    init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats, acceptedAt: ContinuousClock.Instant = .now) {
+    init(ticket: ClientTicket, client: ClientEnd) {
+        self.ticket = ticket
         self.client = client
-        self.peer = peer
-        self.service = service
-        self.stats = stats
-        self.acceptedAt = acceptedAt
-        target = service.target
+        isSocksReplyOwed = ticket.isSocksClient
+        ticket.early.withUnsafeBytes { toServer.store($0) }
+    }
+
+    /// A client of `service`, bound for its target (the listener's, tests').
+    convenience init(client: ClientEnd, peer: Endpoint, service: Service, stats: ServiceStats, acceptedAt: ContinuousClock.Instant = .now) {
+        self.init(ticket: ClientTicket(peer: peer, service: service, stats: stats, acceptedAt: acceptedAt), client: client)
+    }
+
+    /// Hands the client on whole, with a new ticket (a SOCKS client that named its target):
+    /// the new connection owns the descriptors; this one is done, with no log line.
+    func handOver(to ticket: ClientTicket) -> Connection {
+        let next = Connection(ticket: ticket, client: client!)
+        client = nil
+        return next
+    }
+
+    /// Queues the SOCKS success reply, now that the channel is open.
+    func replySocksSuccess() {
+        guard isSocksReplyOwed else { return }
+        isSocksReplyOwed = false
+        SocksHandshake.reply(.succeeded).withUnsafeBytes { toClient.store($0) }
+        _ = flushToClient()
     }
 
     /// The descriptor to read the client from; -1 once finished.
@@ -133,8 +152,7 @@ final class Connection: @unchecked Sendable {
         ]
         if isCut { metadata["client.close"] = "reset" }
         logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: metadata)
-        onFinish?(outcome)
-        onFinish = nil
+        ticket.onFinish?(outcome)
         return true
     }
 }

@@ -27,10 +27,10 @@ final class JumpLink: Sendable {
         Socket.setNonBlocking(ends[0])
         Socket.setNonBlocking(ends[1])
         let link = JumpLink(socket: ends[0], jumpHost: route.login, server: server)
-        let carried = Connection(
-            client: ClientEnd(socket: ends[1]), peer: Endpoint(host: "127.0.0.1", port: 0),
-            service: carrierService(to: server, through: route), stats: ServiceStats())
-        carried.onFinish = { [link] outcome in link.outcome.set(outcome) }
+        let ticket = ClientTicket(peer: Endpoint(host: "127.0.0.1", port: 0), service: carrierService(to: server, through: route), stats: ServiceStats()) { [link] outcome in
+            link.outcome.set(outcome)
+        }
+        let carried = Connection(ticket: ticket, client: ClientEnd(socket: ends[1]))
         carried.stats.connectionStarted()
         pool.dispatch(carried)
         return link

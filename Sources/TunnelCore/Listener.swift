@@ -170,26 +170,27 @@ final class Listener: @unchecked Sendable {
     /// A refused client is closed at once, with its log line; it never causes an SSH connection.
     private func admit(fd: Int32, peer: TunnelConfig.Endpoint, endpoint: Endpoint) {
         endpoint.stats.connectionStarted()
-        let connection = Connection(client: ClientEnd(socket: fd), peer: peer, service: endpoint.service, stats: endpoint.stats)
+        let ticket = ClientTicket(peer: peer, service: endpoint.service, stats: endpoint.stats)
+        let refused = { (outcome: ConnectionOutcome) in Connection(ticket: ticket, client: ClientEnd(socket: fd)).finish(outcome, logger: self.logger) }
         if let rule = AccessControl(service: endpoint.service).refusal(for: peer.host) {
-            connection.finish(.access(rule), logger: logger)
+            refused(.access(rule))
             return
         }
         guard budget.take() else {
-            connection.finish(.limit(.maxConnections), logger: logger)
+            refused(.limit(.maxConnections))
             return
         }
         if let limit = endpoint.limits.admit(source: peer.host) {
             budget.release()
-            connection.finish(.limit(limit), logger: logger)
+            refused(.limit(limit))
             return
         }
         let limits = endpoint.limits
         let budget = budget
-        connection.onFinish = { _ in
+        let connection = Connection(ticket: ticket.finishing { _ in
             limits.release(source: peer.host)
             budget.release()
-        }
+        }, client: ClientEnd(socket: fd))
         if endpoint.service.isSocks {
             socks.admit(connection)
         } else {

@@ -210,11 +210,7 @@ final class SessionEventLoop {
             case .opened(let connection, let channel):
                 hasOpenedChannels = true
                 connection.stats.channelOpened(after: (clock() - connection.acceptedAt).seconds)
-                if connection.isSocksReplyOwed {
-                    connection.isSocksReplyOwed = false
-                    SocksHandshake.reply(.succeeded).withUnsafeBytes { connection.toClient.store($0) }
-                    _ = connection.flushToClient()
-                }
+                connection.replySocksSuccess()
                 connection.channel = channel
                 connections.append(connection)
                 opened.append(connection)

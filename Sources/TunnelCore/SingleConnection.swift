@@ -63,13 +63,13 @@ public enum SingleConnection {
         oneShot.linger = 0
         oneShot.isPersistent = false
         let pool = SessionPool(services: [oneShot], logger: logger)
-        let connection = Connection(client: client, peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats())
         let done = DispatchSemaphore(value: 0)
         let result = Locked(ConnectionOutcome.shutdown)
-        connection.onFinish = { outcome in
+        let ticket = ClientTicket(peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats()) { outcome in
             result.withLock { $0 = outcome }
             done.signal()
         }
+        let connection = Connection(ticket: ticket, client: client)
         connection.stats.connectionStarted()
         pool.dispatch(connection)
         done.wait()

@@ -95,16 +95,13 @@ final class SocksGate: @unchecked Sendable {
             return true
         case .connect(let target, let reply, let leftover):
             guard send(reply, to: connection) else { return true }
-            connection.target = Endpoint(host: target.host, port: target.port)
-            let permit = connection.service.permit
+            let named = connection.handOver(to: connection.ticket.socks(target: Endpoint(host: target.host, port: target.port), early: Array(leftover)))
+            let permit = named.service.permit
             if !permit.isEmpty && !permit.contains(where: { $0.allows(host: target.host, port: target.port) }) {
-                connection.isSocksReplyOwed = true
-                connection.finish(.access("\(target) is not in permit"), logger: logger)
+                named.finish(.access("\(target) is not in permit"), logger: logger)
                 return true
             }
-            leftover.withUnsafeBytes { connection.toServer.store($0) }
-            connection.isSocksReplyOwed = true
-            pool.dispatch(connection)
+            pool.dispatch(named)
             return true
         }
     }
