@@ -96,6 +96,7 @@ public final class Daemon {
         listener.start()
         let watcher = NetworkWatcher { [logger] in
             logger.notice("the network changed; sessions are suspect and backoff starts over")
+            FamilyCache.shared.forget()
             pool.networkChanged(resetBackoff: true)
         }
         if let problem = watcher.start() {
@@ -136,6 +137,7 @@ public final class Daemon {
             }
             if received == SIGCONT {
                 logger.notice("resumed after being stopped; sessions are suspect")
+                FamilyCache.shared.forget()
                 pool.networkChanged(resetBackoff: true)
                 continue
             }

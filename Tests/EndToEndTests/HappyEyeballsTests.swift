@@ -189,6 +189,16 @@ final class HappyEyeballsTests: XCTestCase {
         XCTAssertFalse(sshdPeers.contains(Self.laptopIPv6), "no IPv6 packet should reach sshd: \(sshdPeers)")
     }
 
+    func test01b_CheckConnectSaysWhichAddressWon() throws {
+        try dropPackets(to: Self.serverIPv6)
+        try startTunneld([("named", 7778, Self.name, "")])
+        let command = network.exec(in: network.laptop) + [TunneldProcess.binary, "--check", "--connect", "-f", tunneld.configPath]
+        let check = try runProgram(command[0], Array(command.dropFirst()), environment: ["HOME": tunneld.directory.path, "PATH": "/usr/bin:/bin"])
+        print("eyeballs: --check --connect says: \(check.output.split(separator: "\n").last ?? "")")
+        XCTAssertEqual(check.status, 0, check.output + check.error)
+        XCTAssertTrue(check.output.contains("named: channel to 127.0.0.1:\(Self.smtpPort) via \(sshd.user)@\(Self.name):\(sshd.port) opened; connected to \(NetworkNamespaces.serverAddress) (IPv4)"), check.output)
+    }
+
     func test02_WorkingIPv6IsUsed() throws {
         try startTunneld([("named", 7778, Self.name, "    linger          = 0")])
         let mail = try client.send(port: 7778)
