@@ -9,7 +9,8 @@ enum AddressLookup {
     /// How many lookups may wait for the resolver at once, in the whole process.
     static let maxPending = 32
 
-    private static let pending = Locked(0)
+    /// How many lookups are outstanding now (a count tests may read).
+    static let pending = Locked(0)
 
     /// One family's answer: numeric addresses in the resolver's order, or why there are none.
     typealias Answer = (family: IPFamily, result: Result<[RaceAddress], LookupError>)
@@ -39,9 +40,6 @@ enum AddressLookup {
         }
         return nil
     }
-
-    /// How many lookups are outstanding now.
-    static var pendingCount: Int { pending.withLock { $0 } }
 
     /// `host`'s `family` addresses, blocking: getaddrinfo with `AI_ADDRCONFIG`, so a family
     /// this machine has no address of yields none. Duplicates are dropped, order kept.

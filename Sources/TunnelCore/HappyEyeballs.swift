@@ -42,25 +42,33 @@ struct RaceFailure: Sendable, Equatable {
 
     /// In the order they were started.
     var attempts: [Attempt] = []
-    /// Lookups that failed or had not answered by the deadline, with why.
+    /// Lookups that failed, with the resolver's reason.
     var lookups: [IPFamily: String] = [:]
+    /// Lookups that had not answered by the deadline.
+    var unanswered: [IPFamily] = []
     /// Addresses known but never tried because the deadline came first.
     var untried = 0
+
+    /// Why a lookup has no answer at the deadline.
+    static let silence = "the resolver did not answer within connect_timeout"
 
     /// One sentence: `cannot connect to mail.test:22: 2001:db8::1 timed out; 192.0.2.1 refused`,
     /// or `cannot resolve mail.test: …` when no address was found. `host` is the name
     /// looked up; `server` the name and port as the user wrote them.
     func sentence(host: String, server: String) -> String {
         if attempts.isEmpty && untried == 0 {
-            let reasons = Set(lookups.values)
-            if reasons.count <= 1 { return "cannot resolve \(host): \(reasons.first ?? "no address")" }
-            let each = [IPFamily.ipv6, .ipv4].compactMap { family in lookups[family].map { "\(family): \($0)" } }
+            var reasons = lookups
+            for family in unanswered { reasons[family] = Self.silence }
+            let distinct = Set(reasons.values)
+            if distinct.count <= 1 { return "cannot resolve \(host): \(distinct.first ?? "no address")" }
+            let each = [IPFamily.ipv6, .ipv4].compactMap { family in reasons[family].map { "\(family): \($0)" } }
             return "cannot resolve \(host): " + each.joined(separator: "; ")
         }
+        // A family the name has no address of is not news; a resolver that went silent is.
         var parts = attempts.map { "\($0.address) \($0.reason)" }
         if untried > 0 { parts.append("\(untried) more not tried within connect_timeout") }
-        for family in [IPFamily.ipv6, .ipv4] {
-            if let reason = lookups[family] { parts.append("no \(family) address (\(reason))") }
+        for family in [IPFamily.ipv6, .ipv4] where unanswered.contains(family) {
+            parts.append("no \(family) address: \(Self.silence)")
         }
         return "cannot connect to \(server): " + parts.joined(separator: "; ")
     }
@@ -230,9 +238,7 @@ struct HappyEyeballs {
     /// lookup noted as unanswered.
     private mutating func expire() -> [Action] {
         isFinished = true
-        for family in families where lookups[family] == .pending {
-            failure.lookups[family] = "the resolver did not answer within connect_timeout"
-        }
+        failure.unanswered = families.filter { lookups[$0] == .pending }
         failure.untried = families.reduce(0) { $0 + (untried[$1]?.count ?? 0) }
         let abandoned = inFlight.map(Action.abandon)
         inFlight = []

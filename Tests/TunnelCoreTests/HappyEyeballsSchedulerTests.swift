@@ -1,3 +1,4 @@
+import Glibc
 import TunnelConfig
 import XCTest
 @testable import TunnelCore
@@ -105,7 +106,7 @@ final class HappyEyeballsSchedulerTests: XCTestCase {
         XCTAssertEqual(actions.first, .abandon(v4a))
         guard case .failed(let failure)? = actions.last else { return XCTFail("\(actions)") }
         XCTAssertEqual(failure.sentence(host: "mail.test", server: "mail.test:22"),
-                       "cannot connect to mail.test:22: 192.0.2.1 timed out; no IPv6 address (the resolver did not answer within connect_timeout)")
+                       "cannot connect to mail.test:22: 192.0.2.1 timed out; no IPv6 address: the resolver did not answer within connect_timeout")
 
         var silent = self.race(timeout: 3000)
         XCTAssertEqual(silent.nextWake, at(3000))
@@ -122,6 +123,44 @@ final class HappyEyeballsSchedulerTests: XCTestCase {
         guard case .failed(let failure)? = race.tick(at: at(400)).last else { return XCTFail() }
         XCTAssertEqual(failure.sentence(host: "mail.test", server: "mail.test:22"),
                        "cannot connect to mail.test:22: 2001:db8::1 timed out; 192.0.2.1 timed out; 1 more not tried within connect_timeout")
+    }
+
+    func testAFamilyWithoutAddressesIsNotNewsWhenTheOtherFails() {
+        var race = race()
+        _ = race.lookupFailed(.ipv6, reason: "No address associated with hostname", at: at(0))
+        XCTAssertEqual(race.answered(.ipv4, addresses: [v4a], at: at(1)), [.attempt(v4a)])
+        guard case .failed(let failure)? = race.attemptFailed(v4a, reason: "refused", at: at(2)).last else { return XCTFail() }
+        XCTAssertEqual(failure.sentence(host: "mail.test", server: "mail.test:22"), "cannot connect to mail.test:22: 192.0.2.1 refused")
+    }
+
+    func testLookupsFailingDifferentlyAreEachNamed() {
+        var race = race(timeout: 100)
+        _ = race.lookupFailed(.ipv4, reason: "Name or service not known", at: at(0))
+        guard case .failed(let failure)? = race.tick(at: at(100)).last else { return XCTFail() }
+        XCTAssertEqual(failure.sentence(host: "mail.test", server: "mail.test:22"),
+                       "cannot resolve mail.test: IPv6: the resolver did not answer within connect_timeout; IPv4: Name or service not known")
+    }
+
+    func testStuckLookupsAreBounded() throws {
+        let mailbox = try LookupMailbox()
+        let before = AddressLookup.pending.withLock { count -> Int in
+            defer { count = AddressLookup.maxPending }
+            return count
+        }
+        defer { AddressLookup.pending.withLock { $0 -= AddressLookup.maxPending - before } }
+        XCTAssertEqual(AddressLookup.start(host: "mail.test", family: .ipv4, into: mailbox),
+                       "\(AddressLookup.maxPending) earlier lookups are still waiting for the resolver")
+        XCTAssertTrue(mailbox.take().isEmpty, "no thread was started")
+    }
+
+    func testALookupAnswersThroughTheMailbox() throws {
+        let mailbox = try LookupMailbox()
+        XCTAssertNil(AddressLookup.start(host: "127.0.0.1", family: .ipv4, into: mailbox))
+        var descriptor = pollfd(fd: mailbox.descriptor, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&descriptor, 1, 5000), 1, "the answer wakes the poller")
+        let answers = mailbox.take()
+        XCTAssertEqual(answers.count, 1)
+        XCTAssertEqual(try answers.first?.result.get(), [RaceAddress(host: "127.0.0.1", family: .ipv4)])
     }
 
     func testBothLookupsFailingSayCannotResolve() {
