@@ -35,6 +35,7 @@ struct ConnectionRacer {
     /// throws `Failure`. Nothing started here outlives the call but lookups, whose late
     /// answers are dropped.
     func connect(by deadline: ContinuousClock.Instant) throws(Failure) -> (fd: Int32, address: RaceAddress) {
+        let families = self.families
         let literal = IPFamily(literal: server.host)
         // A numeric address needs no lookup: the race is over its one family.
         let raced = literal.map { families.contains($0) ? [$0] : families } ?? families
@@ -48,7 +49,7 @@ struct ConnectionRacer {
         do {
             mailbox = try LookupMailbox()
         } catch {
-            throw .localShortage(error as? SocketError ?? SocketError("eventfd"))
+            throw .localShortage(error as? SocketError ?? SocketError("pipe", code: EMFILE))
         }
         var actions: [HappyEyeballs.Action] = []
         let now = ContinuousClock.now
@@ -86,7 +87,7 @@ struct ConnectionRacer {
                     let fd = attempts.removeValue(forKey: address)!
                     closeAll()
                     Socket.setNoDelay(fd)
-                    cache.remember(address, for: server)
+                    cache.remember(address, from: Socket.localEndpoint(of: fd)?.host, for: server)
                     return (fd, address)
                 case .failed(let failure):
                     closeAll()

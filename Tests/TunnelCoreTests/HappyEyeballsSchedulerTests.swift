@@ -77,11 +77,11 @@ final class HappyEyeballsSchedulerTests: XCTestCase {
     }
 
     func testTheFamilyCacheOrdersTheFirstAttemptAndForgetClearsIt() {
-        let cache = FamilyCache()
+        let cache = FamilyCache(localAddresses: { ["198.51.100.2"] })
         let server = Endpoint(host: "mail.test", port: 22)
         let racer = ConnectionRacer(server: server, addressFamily: .any, cache: cache)
         XCTAssertEqual(racer.families, [.ipv6, .ipv4], "nothing known: IPv6 first")
-        cache.remember(v4a, for: server)
+        cache.remember(v4a, from: "198.51.100.2", for: server)
         XCTAssertEqual(racer.families, [.ipv4, .ipv6], "IPv4 worked last: IPv4 first")
         XCTAssertEqual(cache.lastAddress(for: server), v4a)
         XCTAssertEqual(ConnectionRacer(server: Endpoint(host: "other.test", port: 22), addressFamily: .any, cache: cache).families, [.ipv6, .ipv4], "per server")
@@ -95,6 +95,18 @@ final class HappyEyeballsSchedulerTests: XCTestCase {
         cache.forget()
         XCTAssertEqual(racer.families, [.ipv6, .ipv4], "after a network change: IPv6 first again")
         XCTAssertNil(cache.lastAddress(for: server))
+    }
+
+    func testAnEntryFromALocalAddressThatIsGoneIsForgotten() {
+        let addresses = Locked<Set<String>>(["198.51.100.2"])
+        let cache = FamilyCache(localAddresses: { addresses.withLock { $0 } })
+        let server = Endpoint(host: "mail.test", port: 22)
+        cache.remember(v4a, from: "198.51.100.2", for: server)
+        XCTAssertEqual(cache.preferredFamily(for: server), .ipv4)
+        addresses.withLock { $0 = ["198.51.100.3"] }
+        XCTAssertNil(cache.preferredFamily(for: server), "the laptop roamed: what worked there says nothing here")
+        addresses.withLock { $0 = ["198.51.100.2"] }
+        XCTAssertNil(cache.preferredFamily(for: server), "and it stays forgotten")
     }
 
     func testTheDeadlineBoundsTheWholeRaceLookupsIncluded() {
@@ -173,7 +185,7 @@ final class HappyEyeballsSchedulerTests: XCTestCase {
     func testARestrictedRaceUsesOneFamilyOnly() {
         XCTAssertEqual(ConnectionRacer(server: Endpoint(host: "mail.test", port: 22), addressFamily: .ipv4, cache: FamilyCache()).families, [.ipv4])
         let cache = FamilyCache()
-        cache.remember(v4a, for: Endpoint(host: "mail.test", port: 22))
+        cache.remember(v4a, from: nil, for: Endpoint(host: "mail.test", port: 22))
         XCTAssertEqual(ConnectionRacer(server: Endpoint(host: "mail.test", port: 22), addressFamily: .ipv6, cache: cache).families, [.ipv6], "the cache never widens a restriction")
 
         var race = race([.ipv4])
