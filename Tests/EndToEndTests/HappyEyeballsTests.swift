@@ -231,6 +231,26 @@ final class HappyEyeballsTests: XCTestCase {
         XCTAssertEqual(sshdPeers.last, Self.laptopIPv6, "the session after the roam should go to the name's new address")
     }
 
+    func test05_FlagsKeepTheRaceToOneFamily() throws {
+        try startTunneld([
+            ("v4", 7780, Self.name, "    flags           = IPv4\n    linger          = 0"),
+            ("v6", 7781, Self.name, "    flags           = IPv6\n    bind            = 127.0.0.1\n    linger          = 0\n    connect_timeout = 2"),
+        ])
+        let v4 = try client.send(port: 7780)
+        report("mail with flags = IPv4, IPv6 working", v4)
+        XCTAssertEqual(v4.outcome, .delivered, "\(v4)\(logTail)")
+        _ = waitUntil(timeout: 3) { !sshdPeers.isEmpty }
+        XCTAssertEqual(sshdPeers, [NetworkNamespaces.laptopAddress], "flags = IPv4 is ssh -4, even where IPv6 works")
+
+        try dropPackets(to: Self.serverIPv6)
+        let v6 = try client.send(port: 7781)
+        report("mail with flags = IPv6, IPv6 dropped", v6)
+        XCTAssertEqual(v6.outcome, .closedBeforeBanner, "IPv4 is not tried: \(v6)\(logTail)")
+        XCTAssertLessThanOrEqual(v6.seconds, 2.5, "\(v6)\(logTail)")
+        let line = logLine(for: v6) ?? "<none>"
+        XCTAssertTrue(line.contains("cannot connect to \(Self.name):\(sshd.port): \(Self.serverIPv6) timed out\""), "the address tried and how it failed: \(line)")
+    }
+
     func test04_AResolverThatNeverAnswersRefusesWithinConnectTimeout() throws {
         try startTunneld([("lost", 7779, Self.unknownName, "    connect_timeout = 3")])
         let mail = try client.send(port: 7779)
