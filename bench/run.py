@@ -641,7 +641,7 @@ def machine():
 
 def table(results, quick, contention):
     lines = ["# tunneld benchmark%s" % (" (quick mode: small sizes, few iterations)" if quick else ""), "",
-             "Machine: %s  " % machine(), "Run: %s, all on 127.0.0.1, one run.  " % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "Machine: %s  " % machine(), "Run: %s, all on 127.0.0.1 (the broken-IPv6 case: two network namespaces), one run.  " % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "Cases took %s." % contention, "",
              "Ratios are tunneld's figure over the contender's, so above 1 means tunneld is faster",
              "(for times: the contender's over tunneld's). \"tunneld\" is the warm daemon with `sessions = 4`",
