@@ -3,15 +3,18 @@ import Glibc
 /// Threads made with pthread_create: each runs one closure, detached, under a name.
 public enum DetachedThread {
     /// Runs `body` on a new detached thread named `name` (as `ps -L` shows it; a name over
-    /// 15 bytes is not set). If the system cannot make a thread, `body` does not run.
-    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// 15 bytes is not set). If the system cannot make a thread, `body` does not run and
+    /// the result is false.
+    @discardableResult
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) -> Bool {
         let work = Unmanaged.passRetained(Work(name: name, body: body)).toOpaque()
         var thread = pthread_t()
         guard pthread_create(&thread, nil, runWork, work) == 0 else {
             Unmanaged<Work>.fromOpaque(work).release()
-            return
+            return false
         }
         pthread_detach(thread)
+        return true
     }
 
     /// Sets the calling thread's name through /proc/thread-self/comm, if it fits the

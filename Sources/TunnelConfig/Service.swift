@@ -51,6 +51,7 @@ public struct Service: Sendable, Equatable {
     public var knownHosts: [String] { get { route.knownHosts } set { route.knownHosts = newValue } }
     public var hostKeyPolicy: HostKeyPolicy { get { route.hostKeyPolicy } set { route.hostKeyPolicy = newValue } }
     public var fingerprint: String? { get { route.fingerprint } set { route.fingerprint = newValue } }
+    public var addressFamily: AddressFamily { get { route.addressFamily } set { route.addressFamily = newValue } }
     public var target: Endpoint { get { forwarding.target } set { forwarding.target = newValue } }
     public var isSocks: Bool { get { forwarding.isSocks } set { forwarding.isSocks = newValue } }
     public var permit: [PermitRule] { get { forwarding.permit } set { forwarding.permit = newValue } }
@@ -119,6 +120,17 @@ public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
 
 /// The local socket a service listens on. `host` is a numeric address (`0.0.0.0` or `::` for `*`).
 public typealias ListenAddress = Endpoint
+
+/// Which address families a connection to the SSH server may use (`flags = IPv4` / `IPv6`,
+/// ssh_config's `AddressFamily`), as ssh's `-4` / `-6`.
+public enum AddressFamily: String, Sendable, Hashable {
+    /// IPv6 and IPv4, raced (Happy Eyeballs).
+    case any
+    /// IPv4 only (`flags = IPv4`, `AddressFamily inet`).
+    case ipv4 = "IPv4"
+    /// IPv6 only (`flags = IPv6`, `AddressFamily inet6`).
+    case ipv6 = "IPv6"
+}
 
 /// What to do when the server's host key is not in known_hosts.
 public enum HostKeyPolicy: String, Sendable, Hashable {

@@ -135,6 +135,7 @@ extension ServiceBuilder {
                 .compactMap { sshConfigPath($0, home: configHome, host: host, port: port, user: user) }
             if !paths.isEmpty { hop.knownHosts = paths }
         }
+        if hop.addressFamily == .any, let family = Self.addressFamily(sshConfig: config) { hop.addressFamily = family }
         switch config.value("stricthostkeychecking")?.lowercased() {
         case "yes", "true": hop.hostKeyPolicy = .strict
         case "accept-new", "no", "off", "false": hop.hostKeyPolicy = .acceptNew

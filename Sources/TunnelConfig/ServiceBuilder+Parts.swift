@@ -122,18 +122,51 @@ extension ServiceBuilder {
         let fingerprint = values["fingerprint"] == nil ? nil : parse("fingerprint", ValueParser.fingerprint)
         let permit = resolvePermit()
 
+        let flagFamily = addressFamilyFlag
+        let family = flagFamily ?? sshConfigHost.flatMap { Self.addressFamily(sshConfig: $0.host) } ?? .any
+        if let sshHost { checkAddressFamily(family, server: sshHost) }
         var route = sshHost.map { host in
             Route(server: Endpoint(host: host, port: sshPort), user: login, identities: identities, identityPassphraseFile: passphraseFile,
-                  identityAgent: agent, passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint)
+                  identityAgent: agent, passwordFile: passwordFile, knownHosts: knownHosts, hostKeyPolicy: policy, fingerprint: fingerprint,
+                  addressFamily: family)
         }
         // Jump hosts log in with what the stanza says (not what ssh_config says of the server).
         let hopTemplate = Route(
             server: Endpoint(host: "", port: 22), user: "", identities: writtenIdentities.isEmpty ? Self.defaultIdentities(home: home) : writtenIdentities,
             identityPassphraseFile: passphraseFile, identityAgent: agent,
             knownHosts: writtenKnownHosts.isEmpty ? Self.defaultKnownHosts(home: home) : writtenKnownHosts,
-            hostKeyPolicy: values["host_key"] != nil ? policy : .strict)
+            hostKeyPolicy: values["host_key"] != nil ? policy : .strict, addressFamily: flagFamily ?? .any)
         route?.jump = buildJump(template: hopTemplate, configHome: configHome)
         return (route, target.map { Forwarding(target: $0, isSocks: isSocks, permit: permit) })
+    }
+
+    /// `flags = IPv4` or `flags = IPv6` (not both): the one family to reach SSH servers over.
+    var addressFamilyFlag: AddressFamily? {
+        let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
+        switch (flags.contains("IPV4"), flags.contains("IPV6")) {
+        case (true, false): return .ipv4
+        case (false, true): return .ipv6
+        default: return nil
+        }
+    }
+
+    /// ssh_config's `AddressFamily` (`inet`, `inet6`; `any` is the default ssh -G leaves out).
+    static func addressFamily(sshConfig config: SSHConfigHost) -> AddressFamily? {
+        switch config.value("addressfamily")?.lowercased() {
+        case "inet": return .ipv4
+        case "inet6": return .ipv6
+        default: return nil
+        }
+    }
+
+    /// A server written as an address of the family the service rules out can never be reached.
+    mutating func checkAddressFamily(_ family: AddressFamily, server: String) {
+        let isIPv6 = ValueParser.ipv6(server) != nil
+        let isIPv4 = ValueParser.ipv4(server) != nil
+        if (family == .ipv4 && isIPv6) || (family == .ipv6 && isIPv4) {
+            let source = addressFamilyFlag != nil ? "flags \(family.rawValue)" : "ssh_config's AddressFamily"
+            error("server", "server \(server) is an \(isIPv6 ? "IPv6" : "IPv4") address, but \(source) allows \(family.rawValue) only; remove the flag or name the server by an address of that family")
+        }
     }
 
     /// Notes where a setting of an ssh_config service came from, for `--check`.

@@ -119,16 +119,18 @@ struct ServiceBuilder {
         }
     }
 
-    /// xinetd's `flags = IPv4` / `IPv6` choose the socket's family; tunneld's is `bind`'s.
-    /// A flag that disagrees with it is a warning, never silently dropped.
+    /// xinetd's `flags = IPv4` / `IPv6` choose the socket's family; tunneld's listening family
+    /// is `bind`'s, and the flag restricts the connection to the SSH server. A flag that
+    /// disagrees with `bind` is a warning, never silently dropped.
     mutating func checkAddressFamilyFlags(listenHost: String) {
-        let flags = Set((values["flags"]?.words ?? []).map { $0.uppercased() })
         let isIPv6 = ValueParser.ipv6(listenHost) != nil
-        if flags.contains("IPV6") && !isIPv6 {
-            warning("flags", "flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (\(listenHost), IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6")
-        }
-        if flags.contains("IPV4") && isIPv6 {
-            warning("flags", "flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (\(listenHost), IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4")
+        switch addressFamilyFlag {
+        case .ipv6? where !isIPv6:
+            warning("flags", "flags IPv6 makes tunneld reach the SSH server over IPv6 only, but it listens on bind's address (\(listenHost), IPv4); set bind = ::1 (or ::) to listen on IPv6")
+        case .ipv4? where isIPv6:
+            warning("flags", "flags IPv4 makes tunneld reach the SSH server over IPv4 only, but it listens on bind's address (\(listenHost), IPv6); set bind = 127.0.0.1 (or *) to listen on IPv4")
+        default:
+            break
         }
     }
 

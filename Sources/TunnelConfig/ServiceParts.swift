@@ -35,13 +35,16 @@ public struct Route: Sendable, Hashable {
     /// Jump hosts (`jump`, ProxyJump), first hop first, each a route of its own without jump
     /// hosts: the session to `server` runs over a channel of a session to the last hop.
     public var jump: [Route]
+    /// The address families the TCP connection to `server` may use.
+    public var addressFamily: AddressFamily
 
     public init(
         server: Endpoint, user: String, identities: [String] = [], identityPassphraseFile: String? = nil,
         identityAgent: String? = nil, passwordFile: String? = nil, knownHosts: [String] = [], hostKeyPolicy: HostKeyPolicy = .strict,
-        fingerprint: String? = nil, jump: [Route] = []
+        fingerprint: String? = nil, jump: [Route] = [], addressFamily: AddressFamily = .any
     ) {
         self.jump = jump
+        self.addressFamily = addressFamily
         self.passwordFile = passwordFile
         self.server = server
         self.user = user

@@ -191,6 +191,7 @@ public final class Daemon {
             return "error: no service named \(unknown.joined(separator: ", ")); tunneld status lists them\n"
         }
         let chosen = names.isEmpty ? [] : services.filter { names.contains($0.name) }
+        if names.isEmpty { FamilyCache.shared.forget() }
         let servers = pool.reconnect(services: chosen)
         logger.notice("reconnect: sessions are suspect and backoff starts over", metadata: [
             "services": "\(names.isEmpty ? "all" : names.joined(separator: ","))",

@@ -68,10 +68,13 @@ struct SessionConnector {
             return (link.socket, link)
         }
         do {
-            return (try Socket.connect(host: key.server.host, port: key.server.port, by: deadline), nil)
-        } catch {
-            let shortage = (error as? SocketError).map { [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains($0.code) } ?? false
-            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)", isLocalShortage: shortage)
+            let (fd, address) = try ConnectionRacer(server: key.server, addressFamily: key.addressFamily).connect(by: deadline)
+            logger.debug("connected", metadata: ["ssh.host": "\(key.server)", "ssh.address": "\(address)"])
+            return (fd, nil)
+        } catch .noConnection(let failure) {
+            throw ConnectFailure(description: failure.sentence(host: key.server.host, server: "\(key.server)"))
+        } catch .localShortage(let error) {
+            throw ConnectFailure(description: "cannot connect to \(key.server): \(error)", isLocalShortage: true)
         }
     }
 

@@ -95,7 +95,7 @@ final class SessionPool: @unchecked Sendable {
     func dispatch(_ connection: Connection) {
         if suspendDetector.withLock({ $0.resumedFromSuspend() }) {
             logger.notice("the machine woke from a suspend; sessions are suspect")
-            forEachServer(.suspectAll)
+            machineWoke()
         }
         handle(.clientArrived(connection, target: connection.target), for: connection.service.sessionKey, generation: nil)
     }
@@ -103,12 +103,14 @@ final class SessionPool: @unchecked Sendable {
     /// The network changed: each session checks its route to its server, and only those
     /// whose route changed are probed; a failure from before the change no longer refuses.
     func networkChanged() {
+        FamilyCache.shared.forget()
         forEachServer(.networkChanged)
     }
 
     /// The machine woke from a suspend: every session may be dead (probed; fresh sessions
     /// take new clients meanwhile).
     func machineWoke() {
+        FamilyCache.shared.forget()
         forEachServer(.suspectAll)
     }
 

@@ -58,6 +58,16 @@ public enum SingleConnection {
         }
     }
 
+    /// Which address of `service`'s first SSH server the last connect reached (the winner
+    /// of its Happy Eyeballs race), for `--check --connect`: `connected to 192.0.2.1 (IPv4)`,
+    /// or `jump host bastion:22 at 192.0.2.1 (IPv4)` through jump hosts. Nil if none has.
+    public static func connectedAddress(of service: Service) -> String? {
+        let first = service.route.jump.first?.server ?? service.server
+        guard let address = FamilyCache.shared.lastAddress(for: first) else { return nil }
+        let place = "\(address.host) (\(address.family))"
+        return service.route.jump.isEmpty ? "connected to \(place)" : "jump host \(first) at \(place)"
+    }
+
     private static func carry(_ client: ClientEnd, service: Service, logger: Logger) -> ConnectionOutcome {
         var oneShot = service
         oneShot.linger = 0

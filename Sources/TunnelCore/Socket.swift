@@ -11,6 +11,9 @@ public struct SocketError: Error, CustomStringConvertible {
         self.function = function
         self.code = code
     }
+
+    /// This machine ran out of descriptors or memory: not the peer's fault.
+    var isLocalShortage: Bool { [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(code) }
 }
 
 /// Thin wrappers over the POSIX socket calls the daemon makes; each returns a descriptor
@@ -67,43 +70,26 @@ enum Socket {
         }
     }
 
-    /// Connects to `host`:`port` (names resolved), trying each address until `deadline`.
-    /// Returns a connected non-blocking socket with `TCP_NODELAY`.
-    static func connect(host: String, port: UInt16, by deadline: ContinuousClock.Instant) throws -> Int32 {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_flags = AI_ADDRCONFIG
-        var list: UnsafeMutablePointer<addrinfo>?
-        let status = getaddrinfo(host, String(port), &hints, &list)
-        guard status == 0, let list else {
-            throw ResolveError(host: host, message: String(cString: gai_strerror(status)))
+    /// Starts a non-blocking TCP connect to the numeric `host`:`port`. Returns the socket and
+    /// whether it is connected already (else poll it for writing, then read `SO_ERROR`).
+    static func startConnect(to host: String, port: UInt16) throws(SocketError) -> (fd: Int32, isConnected: Bool) {
+        var storage: sockaddr_storage
+        do {
+            storage = try socketAddress(host: host, port: port)
+        } catch {
+            throw error as? SocketError ?? SocketError("inet_pton", code: EINVAL)
         }
-        defer { freeaddrinfo(list) }
-        var lastError = SocketError("connect", code: ECONNREFUSED)
-        var entry: UnsafeMutablePointer<addrinfo>? = list
-        while let info = entry {
-            entry = info.pointee.ai_next
-            let fd = Glibc.socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            guard fd >= 0 else { lastError = SocketError("socket"); continue }
-            if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 || errno == EINPROGRESS {
-                var descriptor = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                let milliseconds = max(0, milliseconds(until: deadline))
-                let ready = poll(&descriptor, 1, milliseconds)
-                var error: Int32 = 0
-                var length = socklen_t(MemoryLayout<Int32>.size)
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
-                if ready > 0 && error == 0 {
-                    setNoDelay(fd)
-                    return fd
-                }
-                lastError = SocketError("connect", code: ready == 0 ? ETIMEDOUT : error)
-            } else {
-                lastError = SocketError("connect")
-            }
-            Glibc.close(fd)
-            if ContinuousClock.now >= deadline { break }
+        let fd = Glibc.socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw SocketError("socket") }
+        let length = storage.ss_family == sa_family_t(AF_INET6) ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size
+        let status = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(length)) }
         }
-        throw lastError
+        if status == 0 { return (fd, true) }
+        if errno == EINPROGRESS { return (fd, false) }
+        let error = SocketError("connect")
+        Glibc.close(fd)
+        throw error
     }
 
     /// Sets `O_NONBLOCK` and `FD_CLOEXEC`.
@@ -220,11 +206,4 @@ enum Socket {
             }
         }
     }
-}
-
-/// A host name that did not resolve.
-struct ResolveError: Error, CustomStringConvertible {
-    var host: String
-    var message: String
-    var description: String { "cannot resolve \(host): \(message)" }
 }

@@ -85,7 +85,8 @@ struct Tunneld: ParsableCommand {
                 print("\(service.location): error: \(service.name): cannot reach \(service.target) via \(service.user)@\(service.server): \(problem)")
                 allOpened = false
             } else {
-                print("\(service.name): channel to \(service.target) via \(service.user)@\(service.server) opened")
+                let address = SingleConnection.connectedAddress(of: service).map { "; \($0)" } ?? ""
+                print("\(service.name): channel to \(service.target) via \(service.user)@\(service.server) opened\(address)")
             }
         }
         return allOpened

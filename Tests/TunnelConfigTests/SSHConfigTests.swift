@@ -37,6 +37,12 @@ final class SSHConfigTests: XCTestCase {
                 StrictHostKeyChecking accept-new
             Host wrapped
                 ProxyCommand ssh -q -W %h:%p -l porter gate
+            Host v4only
+                HostName mail.example.org
+                AddressFamily inet
+                ProxyJump gate6
+            Host gate6
+                AddressFamily inet6
             Host loop1
                 ProxyJump loop2
             Host loop2
@@ -48,6 +54,17 @@ final class SSHConfigTests: XCTestCase {
         fixture.write("conf", "service s\n{\nport = 7777\nserver_args = localhost 25\n\(lines)\n}\n")
         let configuration = fixture.load()
         return (configuration.services.first, fixture.messages(configuration))
+    }
+
+    func testAddressFamilyRestrictsTheServerAndEachHopAndFlagsWin() throws {
+        let (loaded, messages) = service("server = v4only\nssh_config = yes\nknown_hosts = /dev/null")
+        let service = try XCTUnwrap(loaded, "\(messages)")
+        XCTAssertEqual(service.addressFamily, .ipv4, "AddressFamily inet is ssh -4")
+        XCTAssertEqual(service.route.jump.map(\.addressFamily), [.ipv6], "the jump host's own AddressFamily inet6")
+        XCTAssertEqual(self.service("server = mail\nssh_config = yes").0?.addressFamily, .any, "no AddressFamily: both, raced")
+        let flagged = try XCTUnwrap(self.service("server = v4only\nssh_config = yes\nknown_hosts = /dev/null\nflags = IPv6").0)
+        XCTAssertEqual(flagged.addressFamily, .ipv6, "the stanza's flags win over ssh_config")
+        XCTAssertEqual(flagged.route.jump.map(\.addressFamily), [.ipv6])
     }
 
     func testAnAliasTakesItsSettingsFromHOMEsSSHConfig() throws {

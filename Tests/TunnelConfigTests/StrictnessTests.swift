@@ -111,10 +111,20 @@ final class StrictnessTests: XCTestCase {
     // MARK: flags
 
     func testAddressFamilyFlagsAreNotIgnored() {
-        XCTAssertEqual(service("flags = REUSE IPv6\nbind = 127.0.0.1").1, ["ROOT/conf:6: warning: s: flags IPv6 asks for an IPv6 socket, but tunneld listens on bind's address (127.0.0.1, IPv4) and cannot restrict the address family yet; set bind = ::1 (or ::) to listen on IPv6"])
+        XCTAssertEqual(service("flags = REUSE IPv6\nbind = 127.0.0.1").1, ["ROOT/conf:6: warning: s: flags IPv6 makes tunneld reach the SSH server over IPv6 only, but it listens on bind's address (127.0.0.1, IPv4); set bind = ::1 (or ::) to listen on IPv6"])
         XCTAssertEqual(service("flags = IPv6\nbind = ::1").1, [])
-        XCTAssertEqual(service("flags = IPv4\nbind = ::1").1, ["ROOT/conf:6: warning: s: flags IPv4 asks for an IPv4 socket, but tunneld listens on bind's address (::1, IPv6) and cannot restrict the address family yet; set bind = 127.0.0.1 (or *) to listen on IPv4"])
+        XCTAssertEqual(service("flags = IPv4\nbind = ::1").1, ["ROOT/conf:6: warning: s: flags IPv4 makes tunneld reach the SSH server over IPv4 only, but it listens on bind's address (::1, IPv6); set bind = 127.0.0.1 (or *) to listen on IPv4"])
         XCTAssertEqual(service("flags = IPv4").1, [])
+    }
+
+    func testAddressFamilyFlagsRestrictTheConnectionToTheServer() throws {
+        XCTAssertEqual(try XCTUnwrap(service("").0).addressFamily, .any, "no flag: IPv6 and IPv4 raced")
+        XCTAssertEqual(try XCTUnwrap(service("flags = REUSE IPv4").0).addressFamily, .ipv4)
+        XCTAssertEqual(try XCTUnwrap(service("flags = IPv6").0).addressFamily, .ipv6)
+        XCTAssertEqual(try XCTUnwrap(service("flags = IPv4 IPv6").0).addressFamily, .any, "both flags: both families")
+        XCTAssertNotEqual(service("flags = IPv4").0?.sessionKey, service("flags = IPv6").0?.sessionKey, "the restriction is part of the session key")
+        XCTAssertEqual(service("flags = IPv4", body: "port = 7777\nserver = [2001:db8::5]:22\nserver_args = localhost 25").1,
+                       ["ROOT/conf:4: error: s: server 2001:db8::5 is an IPv6 address, but flags IPv4 allows IPv4 only; remove the flag or name the server by an address of that family"])
     }
 
     func testLocalhostMeansBothLoopbacksAndTheFamilyFlagsChooseOne() throws {

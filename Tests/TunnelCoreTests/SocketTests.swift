@@ -10,7 +10,7 @@ final class SocketTests: XCTestCase {
         let port = try boundPort(listener)
 
         XCTAssertNil(try Socket.accept(from: listener), "nobody has connected yet")
-        let client = try Socket.connect(host: "127.0.0.1", port: port, by: .now + .seconds(2))
+        let client = try ConnectionRacer(server: Endpoint(host: "127.0.0.1", port: port), addressFamily: .any, cache: FamilyCache()).connect(by: .now + .seconds(2)).fd
         defer { close(client) }
         var accepted: (fd: Int32, peer: Endpoint)?
         let deadline = ContinuousClock.now + .seconds(2)
@@ -27,14 +27,16 @@ final class SocketTests: XCTestCase {
         let listener = try Socket.listen(on: Endpoint(host: "127.0.0.1", port: 0))
         let port = try boundPort(listener)
         close(listener)
-        XCTAssertThrowsError(try Socket.connect(host: "127.0.0.1", port: port, by: .now + .seconds(2))) { error in
-            XCTAssertEqual((error as? SocketError)?.code, ECONNREFUSED)
+        XCTAssertThrowsError(try ConnectionRacer(server: Endpoint(host: "127.0.0.1", port: port), addressFamily: .any, cache: FamilyCache()).connect(by: .now + .seconds(2))) { error in
+            guard case .noConnection(let failure) = error as? ConnectionRacer.Failure else { return XCTFail("\(error)") }
+            XCTAssertEqual(failure.sentence(host: "127.0.0.1", server: "127.0.0.1:\(port)"), "cannot connect to 127.0.0.1:\(port): 127.0.0.1 refused")
         }
     }
 
     func testAnUnresolvableNameSaysSo() {
-        XCTAssertThrowsError(try Socket.connect(host: "no-such-host.invalid", port: 22, by: .now + .seconds(2))) { error in
-            XCTAssertTrue("\(error)".contains("no-such-host.invalid"), "\(error)")
+        XCTAssertThrowsError(try ConnectionRacer(server: Endpoint(host: "no-such-host.invalid", port: 22), addressFamily: .any, cache: FamilyCache()).connect(by: .now + .seconds(2))) { error in
+            guard case .noConnection(let failure) = error as? ConnectionRacer.Failure else { return XCTFail("\(error)") }
+            XCTAssertTrue(failure.sentence(host: "no-such-host.invalid", server: "no-such-host.invalid:22").hasPrefix("cannot resolve no-such-host.invalid: "), "\(failure)")
         }
     }
 
