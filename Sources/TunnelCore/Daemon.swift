@@ -102,15 +102,19 @@ public final class Daemon {
             logger.warning("network changes will not be noticed; use tunneld reconnect", metadata: ["error": "\(problem)"])
         }
         let startedAt = Date()
-        control?.start { [logger] request in
-            let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
-            let words = request.split(separator: " ").map(String.init)
-            switch words.first {
-            case "status" where words.count == 1: return report.table()
-            case "status" where words == ["status", "json"]: return report.json()
-            case "status" where words == ["status", "prometheus"]: return report.prometheus()
-            case "reconnect": return Self.reconnect(names: Array(words.dropFirst()), listener: listener, pool: pool, logger: logger)
-            default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
+        control?.start { [logger] line in
+            switch ControlRequest(parsing: line) {
+            case .status(let format):
+                let report = Self.status(listener: listener, pool: pool, startedAt: startedAt)
+                switch format {
+                case .table: return report.table()
+                case .json: return report.json()
+                case .prometheus: return report.prometheus()
+                }
+            case .reconnect(let names):
+                return Self.reconnect(names: names, listener: listener, pool: pool, logger: logger)
+            case nil:
+                return ControlRequest.unknown(line)
             }
         }
         if let address = configuration.globals.metrics {

@@ -43,8 +43,7 @@ final class SessionPool: @unchecked Sendable {
 
     /// A server's sessions and connect history, for `tunneld status`.
     struct ServerStatus: Equatable {
-        /// `idle`, `connecting`, `up` or `backing-off`.
-        var state: String
+        var state: ServerState
         /// Sessions up now.
         var sessionsUp: Int
         /// Sessions stuck on a channel open now (they do not count toward `sessions`).
@@ -243,21 +242,21 @@ final class SessionPool: @unchecked Sendable {
     /// The sessions and connect history of the server `key` uses.
     func status(of key: SessionKey) -> ServerStatus {
         state.withLock { state in
-            guard let server = state.servers[key] else { return ServerStatus(state: "idle", sessionsUp: 0) }
+            guard let server = state.servers[key] else { return ServerStatus(state: .idle, sessionsUp: 0) }
             let core = server.core
             let now = ContinuousClock.now
             let up = core.sessionsUp
             var status = ServerStatus(
-                state: "idle", sessionsUp: up, sessionsStuck: core.stuckCount(at: now), isAtCap: core.isAtCap,
+                state: .idle, sessionsUp: up, sessionsStuck: core.stuckCount(at: now), isAtCap: core.isAtCap,
                 oldestSessionSeconds: core.oldestUpSince.map { (now - $0).seconds },
                 connectFailures: core.connectFailures, lastError: core.backoff.lastError, lastErrorAt: server.lastErrorAt)
             if let wait = core.backoff.wait(now: now), up == 0 {
-                status.state = "backing-off"
+                status.state = .backingOff
                 status.retryAt = Date().addingTimeInterval(wait)
             } else if up > 0 {
-                status.state = "up"
+                status.state = .up
             } else if core.isConnecting {
-                status.state = "connecting"
+                status.state = .connecting
             }
             return status
         }

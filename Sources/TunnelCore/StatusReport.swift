@@ -1,6 +1,14 @@
 import FoundationEssentials
 import Glibc
 
+/// Where a server's sessions are, as status shows it.
+public enum ServerState: String, Codable, Sendable {
+    case idle
+    case connecting
+    case up
+    case backingOff = "backing-off"
+}
+
 /// What `tunneld status` shows: per service, where it listens and goes, its session, and
 /// its counters.
 public struct StatusReport: Codable, Equatable {
@@ -9,8 +17,7 @@ public struct StatusReport: Codable, Equatable {
         public var listen: String
         public var via: String
         public var target: String
-        /// `idle`, `connecting`, `up` or `backing-off`.
-        public var session: String
+        public var session: ServerState
         /// How many SSH sessions to the server are up.
         public var sessionsUp: Int
         /// How many of them are stuck on a channel open (they do not count toward `sessions`).
@@ -57,7 +64,7 @@ public struct StatusReport: Codable, Equatable {
     public func table() -> String {
         var rows = [["SERVICE", "LISTEN", "VIA", "TARGET", "SESSION", "LIVE", "TOTAL", "UP", "DOWN", "LAST ERROR"]]
         for service in services {
-            var session = service.session
+            var session = service.session.rawValue
             if service.sessionsUp > 1 || service.sessionsStuck > 0 {
                 session += " (\(service.sessionsUp)" + (service.sessionsStuck > 0 ? ", \(service.sessionsStuck) stuck" : "") + ")"
             }
