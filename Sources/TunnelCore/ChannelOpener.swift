@@ -152,10 +152,25 @@ struct ChannelOpener {
         }
     }
 
-    /// Starts queued opens and collects answers, one open at a time, until the session would
-    /// block; then ends the clients whose deadline passed. Throws only when the session failed.
-    mutating func progress(on session: any TunnelSession, now: ContinuousClock.Instant) throws -> [Event] {
+    /// What progress produced: the events, then the session's failure if it failed meanwhile
+    /// (what happened before it did still happened: a channel that opened must reach its client).
+    struct Progress {
         var events: [Event] = []
+        var failure: Error?
+    }
+
+    /// Starts queued opens and collects answers, one open at a time, until the session would
+    /// block; then ends the clients whose deadline passed.
+    mutating func progress(on session: any TunnelSession, now: ContinuousClock.Instant) -> Progress {
+        var events: [Event] = []
+        do {
+            return Progress(events: try progress(on: session, now: now, into: &events))
+        } catch {
+            return Progress(events: events, failure: error)
+        }
+    }
+
+    private mutating func progress(on session: any TunnelSession, now: ContinuousClock.Instant, into events: inout [Event]) throws -> [Event] {
         while true {
             if current == nil {
                 guard !queue.isEmpty else { break }

@@ -205,7 +205,10 @@ final class SessionEventLoop {
 
     private func progressOpens() throws {
         var opened: [Connection] = []
-        for event in try opener.progress(on: session, now: clock()) {
+        // What happened before a session failure still happened: a channel that opened joins
+        // the connections, so that it ends with the session, not in no list at all.
+        let progress = opener.progress(on: session, now: clock())
+        for event in progress.events {
             switch event {
             case .opened(let connection, let channel):
                 hasOpenedChannels = true
@@ -230,6 +233,7 @@ final class SessionEventLoop {
                 health?.record(service: check.service, isUp: false, detail: reason)
             }
         }
+        if let failure = progress.failure { throw failure }
         // libssh2 stops reading at the open confirmation; what came with it (a server's
         // banner) waits in its transport buffer, where neither poll nor the packet list shows
         // it. Reading the new channel now takes it in and delivers it.

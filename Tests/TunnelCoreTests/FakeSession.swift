@@ -24,6 +24,8 @@ final class FakeSession: TunnelSession {
         case never
         /// libssh2 stops waiting (its 60 s limit).
         case giveUp
+        /// The session fails during this open (the server went away).
+        case sessionFails(String)
     }
 
     struct Failure: Error, CustomStringConvertible {
@@ -105,6 +107,10 @@ final class FakeSession: TunnelSession {
         case .giveUp:
             finishAnswer()
             throw ChannelOpenFailure.unanswered
+        case .sessionFails(let reason):
+            finishAnswer()
+            failure = Failure(description: reason)
+            throw failure!
         }
     }
 

@@ -296,6 +296,22 @@ final class SessionEventLoopTests: XCTestCase {
         XCTAssertTrue(loop.orphans[0] === waiting && !waiting.isClosed, "a client without a channel is kept for another session")
     }
 
+    func testAChannelOpenedInThePassTheSessionFailsIsNeitherLostNorLeaked() {
+        // Found by StuckOpenTests.test03: a client whose channel opened in the same pass as
+        // the session failed, during the next open, was in no list: never ended, never moved.
+        let opened = client()
+        let waiting = client()
+        session.answers = [.open(afterCalls: 0), .sessionFails("the server closed the connection")]
+        loop.add(opened)
+        loop.add(waiting)
+        XCTAssertEqual(pass(), .died("the server closed the connection"))
+        XCTAssertTrue(opened.isClosed, "the client whose channel had opened is ended with the session")
+        XCTAssertEqual(log.results, ["ssh-failed: the server closed the connection"])
+        XCTAssertTrue(session.channels[0].isFreed || session.isAbandoned, "its channel goes with the session")
+        XCTAssertEqual(loop.orphans.count, 1)
+        XCTAssertTrue(loop.orphans.first === waiting, "the client still waiting is kept for another session")
+    }
+
     func testAQuietSessionIsProbedWhenAClientComesAndDiesWithinTheShortBound() {
         clock.advance(20)
         let first = client()
