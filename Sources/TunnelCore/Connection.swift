@@ -106,7 +106,7 @@ final class Connection: @unchecked Sendable {
             let reply = SocksHandshake.reply(SocksHandshake.replyCode(for: outcome))
             _ = reply.withUnsafeBytes { DescriptorIO.write(end.output, $0) }
         }
-        end.close()
+        RefusalResponder.shared.close(end, after: outcome, service: service)
         let seconds = (ContinuousClock.now - acceptedAt).seconds
         stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
         logger.log(level: outcome.isSuccess ? .info : .warning, "connection closed", metadata: [

@@ -61,6 +61,8 @@ public enum SingleConnection {
         var oneShot = service
         oneShot.linger = 0
         oneShot.isPersistent = false
+        // The process ends with this connection, before a refusal could be answered.
+        oneShot.refusal = .none
         let pool = SessionPool(services: [oneShot], logger: logger)
         let connection = Connection(client: client, peer: Endpoint(host: "127.0.0.1", port: 0), service: oneShot, stats: ServiceStats())
         let done = DispatchSemaphore(value: 0)
