@@ -93,8 +93,9 @@ struct Tunneld: ParsableCommand {
 
     private func bootstrapLogging(_ configuration: Configuration) -> Logger {
         let level: Logger.Level = isDebug ? .debug : Logger.Level(configurationName: configuration.globals.logLevel) ?? .info
+        let destination = LogDestination.forStandardError(environment: ProcessInfo.processInfo.environment)
         LoggingSystem.bootstrap { label in
-            var handler = LineLogHandler(label: label)
+            var handler = destination.handler(label: label)
             handler.logLevel = level
             return handler
         }
