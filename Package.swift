@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "SSHTransportTests", dependencies: ["SSHTransport"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         // The command's own parts (logging), through @testable import of the executable.
-        .testTarget(name: "TunneldTests", dependencies: ["tunneld", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(name: "TunneldTests", dependencies: ["tunneld", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         // Starts a real OpenSSH sshd and the tunneld binary; needs `swift build` first.
         .testTarget(name: "EndToEndTests"),
     ],

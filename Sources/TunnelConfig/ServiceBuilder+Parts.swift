@@ -211,4 +211,15 @@ extension ServiceBuilder {
         }
         return refusal
     }
+
+    /// `log_type`: where the service's lines go; `nil` when unset (with the daemon's).
+    mutating func buildLogType() -> LogType? {
+        guard let value = values["log_type"] else { return nil }
+        switch LogType.parse(value.words) {
+        case .success(let logType): return logType
+        case .failure(let message):
+            error("log_type", "\(message)")
+            return nil
+        }
+    }
 }
