@@ -74,7 +74,8 @@ struct Tunneld: ParsableCommand {
 
     /// Opens every service's channel once; prints one line per service. Returns whether all opened.
     private func checkConnections(_ configuration: Configuration) -> Bool {
-        let (logger, _) = bootstrapLogging(configuration)
+        // A check writes to no log file and no syslog: only to standard error (or the journal).
+        let (logger, _) = bootstrapLogging(configuration, isRouted: false)
         var allOpened = true
         for service in configuration.services {
             if service.isSocks {
@@ -91,12 +92,13 @@ struct Tunneld: ParsableCommand {
         return allOpened
     }
 
-    /// Sends the log where the environment (journal or standard error) and `log_type` say.
-    private func bootstrapLogging(_ configuration: Configuration) -> (Logger, LogRoutes) {
+    /// Sends the log where the environment (journal or standard error) and, when `isRouted`,
+    /// the `log_type`s say.
+    private func bootstrapLogging(_ configuration: Configuration, isRouted: Bool = true) -> (Logger, LogRoutes) {
         let level: Logger.Level = isDebug ? .debug : Logger.Level(configurationName: configuration.globals.logLevel) ?? .info
         let destination = LogDestination.forStandardError(environment: ProcessInfo.processInfo.environment)
         let routes = LogRoutes(standardError: destination.handler(label: "tunneld"))
-        let problems = routes.configure(configuration)
+        let problems = isRouted ? routes.configure(configuration) : []
         LoggingSystem.bootstrap { _ in
             var handler = LogRouter(routes: routes)
             handler.logLevel = level
