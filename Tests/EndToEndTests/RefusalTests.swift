@@ -50,6 +50,25 @@ final class RefusalTests: XCTestCase {
         }
     }
 
+    func testALimitIsExplainedWhileTheLiveConnectionGoesOn() throws {
+        let sshd = try SSHServer()
+        let echo = try EchoServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["s": stanza("mail", port: port, via: sshd, target: echo.port, extra: "refusal = smtp\ninstances = 1")])
+        let live = try TCP.connect(port: port, timeout: 10)
+        defer { close(live) }
+        try TCP.sendAll(live, Array("one\n".utf8))
+        XCTAssertEqual(try TCP.readLine(live), "one\n")
+        let refused = try TCP.connect(port: port, timeout: 10)
+        defer { close(refused) }
+        XCTAssertEqual(try TCP.readLine(refused), "421 4.4.0 tunneld mail: limit: instances\r\n")
+        try TCP.sendAll(refused, Array("QUIT\r\n".utf8))
+        XCTAssertEqual(String(decoding: try TCP.readAll(refused), as: UTF8.self), "221 2.0.0 tunneld mail: limit: instances\r\n")
+        try TCP.sendAll(live, Array("two\n".utf8))
+        XCTAssertEqual(try TCP.readLine(live), "two\n", "the live connection is untouched")
+        _ = tunneld
+    }
+
     func testWithoutRefusalTheClientIsClosedWithoutAWord() throws {
         let (tunneld, port, _) = try refusingService("none")
         let fd = try TCP.connect(port: port, timeout: 5)
