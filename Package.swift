@@ -42,7 +42,7 @@ let package = Package(
         .executableTarget(
             name: "tunneld",
             dependencies: [
-                "TunnelConfig", "TunnelCore",
+                "Platform", "TunnelConfig", "TunnelCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -50,6 +50,8 @@ let package = Package(
         .testTarget(name: "TunnelConfigTests", dependencies: ["Platform", "TunnelConfig", "SSHTransport"]),
         .testTarget(name: "SSHTransportTests", dependencies: ["SSHTransport"]),
         .testTarget(name: "TunnelCoreTests", dependencies: ["Platform", "TunnelCore", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
+        // The command's own parts (logging), through @testable import of the executable.
+        .testTarget(name: "TunneldTests", dependencies: ["tunneld", "TunnelConfig", .product(name: "Logging", package: "swift-log")]),
         // Starts a real OpenSSH sshd and the tunneld binary; needs `swift build` first.
         .testTarget(name: "EndToEndTests"),
     ],

@@ -15,6 +15,7 @@ enum AttributeTable {
         "linger": .single, "persistent": .single, "sessions": .single, "probe": .single, "permit": .list, "keepalive": .single, "connect_timeout": .single,
         "instances": .single, "per_source": .single, "cps": .single, "only_from": .list,
         "no_access": .list, "disable": .single, "log_on_success": .list, "log_on_failure": .list,
+        "refusal": .single, "log_type": .single,
     ]
 
     /// xinetd attributes that describe what tunneld does anyway, or that it checks for

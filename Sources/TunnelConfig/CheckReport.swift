@@ -87,6 +87,12 @@ public struct CheckReport: Sendable {
         if let cps = service.cps { options.append("cps=\(cps.rate)/\(cps.pause.secondsText)") }
         if let onlyFrom = service.onlyFrom { options.append(onlyFrom.isEmpty ? "only_from(nobody)" : "only_from(\(onlyFrom.count))") }
         if !service.noAccess.isEmpty { options.append("no_access(\(service.noAccess.count))") }
+        if service.refusal != .none { options.append("refusal=\(service.refusal.rawValue)") }
+        switch service.logType {
+        case .syslog(let facility, let level): options.append("log_type=syslog:\(facility.name).\(level.name)")
+        case .file(let path, _, _): options.append("log_type=\(path)")
+        case nil: break
+        }
         return options
     }
 }

@@ -44,6 +44,8 @@ public struct GlobalSettings: Sendable, Equatable {
     public var metrics: Endpoint?
     /// Who besides loopback clients may read the metrics: the `only_from` of `defaults`.
     public var metricsOnlyFrom: [AddressMatch] = []
+    /// Where lines that name no service go: the `log_type` of `defaults`, if any.
+    public var logType: LogType?
 
     public init(
         controlSocket: String? = nil, runAs: String? = nil, logLevel: String? = nil,

@@ -207,6 +207,9 @@ public struct ConfigurationLoader: Sendable {
                 return nil
             }
         }
+        // The defaults' log_type is also where lines that name no service go; its errors are
+        // reported by each service that inherits it.
+        configuration.globals.logType = defaults["log_type"].flatMap { try? LogType.parse($0.words).get() }
         // With run_as, the daemon reads keys and known_hosts as that account, after dropping
         // root: `~` and the default files are that account's, and root's agent is not used.
         var serviceEnvironment = environment

@@ -16,14 +16,20 @@ public struct Service: Sendable, Equatable {
     public var limits: Limits
     public var access: AccessRules
     public var logFields: LogFields
+    /// The protocol in which a client that cannot have its tunnel is told why (`refusal`).
+    public var refusal: RefusalProtocol
+    /// Where the service's log lines go (`log_type`); `nil`: with the daemon's own.
+    public var logType: LogType?
     /// How `server` was resolved as an ssh_config Host alias (`ssh_config`), for `--check`.
     public var sshConfig: SSHConfigResolution?
 
     public init(
         name: String, location: SourceLocation, listening: Listening, route: Route, forwarding: Forwarding,
         policy: SessionPolicy = SessionPolicy(), limits: Limits = Limits(), access: AccessRules = AccessRules(),
-        logFields: LogFields = LogFields(), sshConfig: SSHConfigResolution? = nil
+        logFields: LogFields = LogFields(), refusal: RefusalProtocol = .none, logType: LogType? = nil, sshConfig: SSHConfigResolution? = nil
     ) {
+        self.logType = logType
+        self.refusal = refusal
         self.sshConfig = sshConfig
         self.name = name
         self.location = location

@@ -228,3 +228,31 @@ extension ServiceBuilder {
         return AccessRules(onlyFrom: onlyFrom, noAccess: noAccess)
     }
 }
+
+extension ServiceBuilder {
+    /// `refusal`: how a client that cannot have its tunnel is told why; `none` when unset.
+    /// A SOCKS client is already told in SOCKS's own reply, so there it is a warning.
+    mutating func buildRefusal(isSocks: Bool) -> RefusalProtocol {
+        guard values["refusal"] != nil, let text = single("refusal") else { return .none }
+        guard let refusal = RefusalProtocol(rawValue: text.lowercased()) else {
+            error("refusal", "refusal '\(text)' is not one of \(RefusalProtocol.allCases.map(\.rawValue).joined(separator: ", "))")
+            return .none
+        }
+        if isSocks && refusal != .none {
+            warning("refusal", "refusal = \(text) has no meaning for a SOCKS service (its clients get a SOCKS reply); ignored")
+            return .none
+        }
+        return refusal
+    }
+
+    /// `log_type`: where the service's lines go; `nil` when unset (with the daemon's).
+    mutating func buildLogType() -> LogType? {
+        guard let value = values["log_type"] else { return nil }
+        switch LogType.parse(value.words) {
+        case .success(let logType): return logType
+        case .failure(let message):
+            error("log_type", "\(message)")
+            return nil
+        }
+    }
+}

@@ -75,11 +75,13 @@ struct ServiceBuilder {
         let limits = buildLimits()
         let access = buildAccess(listeningOn: listening?.address.host ?? "127.0.0.1")
         let logFields = LogFields(onSuccess: resolveLogFields("log_on_success"), onFailure: resolveLogFields("log_on_failure"))
+        let refusal = buildRefusal(isSocks: forwarding?.isSocks ?? false)
+        let logType = buildLogType()
         guard !hasError, let listening, let route, let forwarding else { return .failed }
         let sshConfig = sshConfigHost.map { SSHConfigResolution(alias: sshConfigAlias ?? "", file: $0.file, settings: sshConfigSettings) }
         let service = Service(
             name: name, location: location, listening: listening, route: route, forwarding: forwarding,
-            policy: policy, limits: limits, access: access, logFields: logFields, sshConfig: sshConfig)
+            policy: policy, limits: limits, access: access, logFields: logFields, refusal: refusal, logType: logType, sshConfig: sshConfig)
         checkKnownHosts(service)
         return .built(service)
     }

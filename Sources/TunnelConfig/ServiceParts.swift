@@ -159,3 +159,10 @@ public struct LogFields: Sendable, Hashable {
         self.onFailure = onFailure
     }
 }
+
+/// `refusal`: the protocol in which tunneld tells a client why it cannot have its tunnel,
+/// as that protocol's server would (`421` for SMTP, `-ERR`, `* BYE`, `502`); `none` closes
+/// the client without a word, as a raw byte stream needs.
+public enum RefusalProtocol: String, Sendable, Hashable, CaseIterable {
+    case none, smtp, pop3, imap, http
+}

@@ -137,7 +137,12 @@ final class Connection: @unchecked Sendable {
             _ = reply.withUnsafeBytes { DescriptorIO.write(end.output, $0) }
         }
         let isCut = hadChannel && outcome.isCut
-        end.close(reset: isCut)
+        if hadChannel {
+            end.close(reset: isCut)
+        } else {
+            // No tunnel was ever made: the client may be told why, in its own protocol.
+            RefusalResponder.shared.close(end, after: outcome, service: service)
+        }
         let seconds = (ContinuousClock.now - acceptedAt).seconds
         stats.connectionEnded(outcome, bytesUp: bytesUp, bytesDown: bytesDown)
         var metadata: Logger.Metadata = [

@@ -72,6 +72,8 @@ public enum SingleConnection {
         var oneShot = service
         oneShot.linger = 0
         oneShot.isPersistent = false
+        // The process ends with this connection, before a refusal could be answered.
+        oneShot.refusal = .none
         let pool = SessionPool(services: [oneShot], logger: logger)
         let done = DispatchSemaphore(value: 0)
         let result = Locked(ConnectionOutcome.shutdown)

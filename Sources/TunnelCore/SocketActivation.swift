@@ -44,12 +44,14 @@ final class SocketActivation {
 
     /// Closes every descriptor this process inherited beyond standard input, output and error
     /// and the sockets systemd passed: a parent's stray descriptors must neither stay open in
-    /// the daemon nor count against its descriptor limit.
+    /// the daemon nor count against its descriptor limit. A descriptor with close-on-exec set
+    /// cannot have come through exec, so it is this process's own (a log file, the journal's
+    /// socket, opened before the daemon started) and stays open.
     func closeInheritedDescriptors() {
         let passed = Set(unclaimed.map(\.fd))
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
         let open = entries.compactMap { Int32($0) }
-        for fd in open where fd > 2 && !passed.contains(fd) {
+        for fd in open where fd > 2 && !passed.contains(fd) && fcntl(fd, F_GETFD) & FD_CLOEXEC == 0 {
             // The directory listing's own descriptor is gone by now; closing a number that
             // is not open is harmless.
             close(fd)

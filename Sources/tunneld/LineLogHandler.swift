@@ -7,13 +7,29 @@ import TunnelConfig
 /// Metadata keys are sorted; a value with spaces, quotes, `=`, `\` or control characters is
 /// written in double quotes. Control characters are escaped everywhere, the message included,
 /// so one event is always exactly one line.
+///
+/// When standard error goes to the journal (`JOURNAL_STREAM`), `style` is `.syslogPriority`:
+/// the line starts with sd-daemon's `<N>` priority prefix instead of a timestamp, which the
+/// journal adds itself: `<4>warning connection closed … result="ssh-failed: …"`.
 struct LineLogHandler: LogHandler {
+    /// How a line starts.
+    enum Style: Sendable {
+        /// An ISO 8601 UTC timestamp with milliseconds.
+        case timestamped
+        /// The syslog priority as `<N>` (sd-daemon(3)), no timestamp.
+        case syslogPriority
+    }
+
     let label: String
     var logLevel: Logger.Level = .info
     var metadata: Logger.Metadata = [:]
+    var style: Style
+    /// Where lines go (standard error, or a test's descriptor).
+    var descriptor: Int32 = 2
 
-    init(label: String) {
+    init(label: String, style: Style = .timestamped) {
         self.label = label
+        self.style = style
     }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -22,14 +38,26 @@ struct LineLogHandler: LogHandler {
     }
 
     func log(event: LogEvent) {
-        var line = Self.timestamp()
-        line += " \(event.level.rawValue) \(ControlCharacters.escaped("\(event.message)"))"
-        let merged = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        for key in merged.keys.sorted() {
-            line += " \(key)=\(Self.quoted("\(merged[key]!)"))"
+        StandardStreams.write(line(for: event), to: descriptor)
+    }
+
+    /// The line written for `event`, newline included.
+    func line(for event: LogEvent) -> String {
+        let start: String
+        switch style {
+        case .timestamped: start = Self.timestamp() + " "
+        case .syslogPriority: start = "<\(SyslogPriority(event.level).rawValue)>"
         }
-        line += "\n"
-        StandardStreams.write(line, to: 2)
+        return start + Self.text(level: event.level, message: event.message, metadata: metadata.merging(event.metadata ?? [:]) { _, new in new }) + "\n"
+    }
+
+    /// `level message key=value…`, escaped to one line: the part of a log line after its start.
+    static func text(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata) -> String {
+        var line = "\(level.rawValue) \(ControlCharacters.escaped("\(message)"))"
+        for key in metadata.keys.sorted() {
+            line += " \(key)=\(quoted("\(metadata[key]!)"))"
+        }
+        return line
     }
 
     /// A metadata value as written: bare when it is plain, else in double quotes with `\\`,
@@ -55,5 +83,21 @@ struct LineLogHandler: LogHandler {
         return "\(padded(Int(parts.tm_year) + 1900, 4))-\(padded(Int(parts.tm_mon) + 1, 2))-\(padded(Int(parts.tm_mday), 2))"
             + "T\(padded(Int(parts.tm_hour), 2)):\(padded(Int(parts.tm_min), 2)):\(padded(Int(parts.tm_sec), 2))"
             + ".\(padded(Int(now.tv_nsec / 1_000_000), 3))Z"
+    }
+}
+
+/// A log level as a syslog priority (syslog(3)'s LOG_EMERG 0 … LOG_DEBUG 7).
+enum SyslogPriority: Int32, Sendable {
+    case critical = 2, error = 3, warning = 4, notice = 5, info = 6, debug = 7
+
+    init(_ level: Logger.Level) {
+        switch level {
+        case .trace, .debug: self = .debug
+        case .info: self = .info
+        case .notice: self = .notice
+        case .warning: self = .warning
+        case .error: self = .error
+        case .critical: self = .critical
+        }
     }
 }

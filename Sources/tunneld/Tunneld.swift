@@ -57,7 +57,7 @@ struct Tunneld: ParsableCommand {
             if failed { throw ExitCode(1) }
             return
         }
-        let logger = bootstrapLogging(configuration)
+        let (logger, logRoutes) = bootstrapLogging(configuration)
         if let name = stdioService {
             guard let service = configuration.services.first(where: { $0.name == name }) else {
                 logger.error("no such service (or it has errors, or is disabled); see tunneld --check", metadata: ["service": "\(name)", "config.path": "\(path)"])
@@ -69,12 +69,13 @@ struct Tunneld: ParsableCommand {
             }
             throw ExitCode(SingleConnection.runStdio(service: service, logger: logger) ? 0 : 1)
         }
-        try runDaemon(configuration: configuration, logger: logger)
+        try runDaemon(configuration: configuration, logger: logger, logRoutes: logRoutes)
     }
 
     /// Opens every service's channel once; prints one line per service. Returns whether all opened.
     private func checkConnections(_ configuration: Configuration) -> Bool {
-        let logger = bootstrapLogging(configuration)
+        // A check writes to no log file and no syslog: only to standard error (or the journal).
+        let (logger, _) = bootstrapLogging(configuration, isRouted: false)
         var allOpened = true
         for service in configuration.services {
             if service.isSocks {
@@ -92,17 +93,24 @@ struct Tunneld: ParsableCommand {
         return allOpened
     }
 
-    private func bootstrapLogging(_ configuration: Configuration) -> Logger {
+    /// Sends the log where the environment (journal or standard error) and, when `isRouted`,
+    /// the `log_type`s say.
+    private func bootstrapLogging(_ configuration: Configuration, isRouted: Bool = true) -> (Logger, LogRoutes) {
         let level: Logger.Level = isDebug ? .debug : Logger.Level(configurationName: configuration.globals.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = LineLogHandler(label: label)
+        let destination = LogDestination.forStandardError(environment: ProcessInfo.processInfo.environment)
+        let routes = LogRoutes(standardError: destination.handler(label: "tunneld"))
+        let problems = isRouted ? routes.configure(configuration) : []
+        LoggingSystem.bootstrap { _ in
+            var handler = LogRouter(routes: routes)
             handler.logLevel = level
             return handler
         }
-        return Logger(label: "tunneld")
+        let logger = Logger(label: "tunneld")
+        for problem in problems { logger.error("\(problem)") }
+        return (logger, routes)
     }
 
-    private func runDaemon(configuration: Configuration, logger: Logger) throws {
+    private func runDaemon(configuration: Configuration, logger: Logger, logRoutes: LogRoutes) throws {
         for diagnostic in configuration.diagnostics {
             logger.log(level: diagnostic.severity == .error ? .error : .warning, "\(diagnostic)")
         }
@@ -112,7 +120,14 @@ struct Tunneld: ParsableCommand {
         }
         let daemon = Daemon(
             configuration: configuration,
-            reloadConfiguration: { [path] in ConfigurationLoader(environment: .daemon).load(path: path) },
+            reloadConfiguration: { [path] in
+                // SIGHUP: log files are reopened (logrotate moved them), then routed anew.
+                let next = ConfigurationLoader(environment: .daemon).load(path: path)
+                var problems = logRoutes.reopenFiles()
+                if !next.hasErrors { problems += logRoutes.configure(next) }
+                for problem in problems { logger.error("\(problem)") }
+                return next
+            },
             logger: logger)
         try daemon.run()
     }

@@ -70,15 +70,28 @@ final class InstallTests: XCTestCase {
             "/usr/lib/systemd/system/tunneld.socket",
             "/usr/lib/systemd/user/tunneld.service",
             "/usr/sbin/tunneld",
+            "/usr/share/bash-completion/completions/tunneld",
+            "/usr/share/fish/vendor_completions.d/tunneld.fish",
             "/usr/share/man/man5/tunneld.conf.5",
             "/usr/share/man/man8/tunneld.8",
             "/usr/share/tunneld/etc-files.sha256",
+            "/usr/share/zsh/vendor-completions/_tunneld",
         ]
         XCTAssertEqual(Self.files(under: root.path), expected.sorted())
         for executable in ["/usr/sbin/tunneld", "/usr/lib/systemd/system-sleep/tunneld", "/etc/NetworkManager/dispatcher.d/90-tunneld"] {
             XCTAssertEqual(Self.mode(root.path + executable), 0o755, executable)
         }
         XCTAssertEqual(Self.mode(root.file("usr/lib/systemd/system/tunneld.service")), 0o644)
+
+        // Completions as swift-argument-parser generates them, for each shell.
+        let bash = try String(contentsOfFile: root.file("usr/share/bash-completion/completions/tunneld"), encoding: .utf8)
+        XCTAssertTrue(bash.contains("complete ") && bash.contains("tunneld") && bash.contains("--check"), bash)
+        let zsh = try String(contentsOfFile: root.file("usr/share/zsh/vendor-completions/_tunneld"), encoding: .utf8)
+        XCTAssertTrue(zsh.hasPrefix("#compdef tunneld"), zsh)
+        let fish = try String(contentsOfFile: root.file("usr/share/fish/vendor_completions.d/tunneld.fish"), encoding: .utf8)
+        XCTAssertTrue(fish.contains("complete -c 'tunneld'") && fish.contains("-l 'check'"), fish)
+        let bashCheck = try runProgram("/bin/bash", ["-n", root.file("usr/share/bash-completion/completions/tunneld")])
+        XCTAssertEqual(bashCheck.status, 0, "the bash completion does not parse: \(bashCheck.error)")
 
         let system = try String(contentsOfFile: root.file("usr/lib/systemd/system/tunneld.service"), encoding: .utf8)
         XCTAssertTrue(system.contains("\nExecStart=/usr/sbin/tunneld -f /etc/tunneld/services.d\n"), system)
@@ -114,6 +127,54 @@ final class InstallTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: changed, encoding: .utf8), edited)
         XCTAssertFalse(uninstall.error.contains("Error"), uninstall.error)
         XCTAssertFalse(FileManager.default.fileExists(atPath: root.file("usr/share/tunneld")), "make uninstall left its own directory")
+    }
+
+    /// Whatever the build directory holds where `make` puts its binary, make install builds
+    /// with the release flags first. Here the stand-in is the debug tunneld, which needs the
+    /// toolchain's libraries as a plain `swift build -c release` does; SwiftPM relinks it in
+    /// seconds. (The literal case is the next test, run in CI only: two release builds.)
+    func testMakeInstallRebuildsWhateverTheBuildDirectoryHolds() throws {
+        try requireReleaseBuild()
+        try replaceReleaseBinary(with: TunneldProcess.binary)
+        try checkMakeInstallTakesOnlyAStaticBinary()
+    }
+
+    /// `swift build -c release` (as bench/ and the development steps do) leaves a binary that
+    /// needs the toolchain's libraries where `make` puts its own: make install must not take it.
+    /// Two full release builds (about 2-3 minutes here), so only with CI=true.
+    func testMakeInstallAfterAPlainReleaseBuildInstallsTheStaticBinary() throws {
+        try XCTSkipUnless(ProcessInfo.processInfo.environment["CI"] == "true",
+                          "two full release builds: run with CI=true (the quick stand-in is testMakeInstallRebuildsWhateverTheBuildDirectoryHolds)")
+        try requireReleaseBuild()
+        let plain = try runProgram("/bin/sh", ["-c", "cd \"$1\" && swift build -c release --scratch-path \"$2\"", "sh", Self.repository, Self.scratch], timeout: 1200)
+        XCTAssertEqual(plain.status, 0, plain.output + plain.error)
+        try checkMakeInstallTakesOnlyAStaticBinary()
+    }
+
+    /// Puts `binary` where `make` puts its release binary.
+    private func replaceReleaseBinary(with binary: String) throws {
+        let target = Self.scratch + "/release/tunneld"
+        try? FileManager.default.removeItem(atPath: target)
+        try FileManager.default.copyItem(atPath: binary, toPath: target)
+    }
+
+    /// With a binary in the build directory that needs the toolchain's libraries: without the
+    /// toolchain (sudo's PATH) make install refuses it; with it, installs a static one.
+    private func checkMakeInstallTakesOnlyAStaticBinary() throws {
+        let left = try runProgram("/usr/bin/ldd", [Self.scratch + "/release/tunneld"])
+        XCTAssertTrue(left.output.contains("libswift"), "the build directory should hold a binary that needs the toolchain's libraries:\n\(left.output)")
+
+        let root = ScratchDirectory("install-plain")
+        let refused = try make(["install-files", "DESTDIR=\(root.path)", "PREFIX=/usr", "SWIFT=/nonexistent/swift"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.error.contains("needs the Swift toolchain's libraries"), refused.error)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root.file("usr/sbin/tunneld")))
+
+        let install = try make(["install-files", "DESTDIR=\(root.path)", "PREFIX=/usr"], timeout: 1200)
+        XCTAssertEqual(install.status, 0, install.output + install.error)
+        let ldd = try runProgram("/usr/bin/ldd", [root.file("usr/sbin/tunneld")])
+        XCTAssertFalse(ldd.output.contains("libswift"), "make install took the binary it found:\n\(ldd.output)")
+        XCTAssertTrue(ldd.output.contains("libssh2.so.1"), ldd.output)
     }
 
     func testTheInstalledBinaryRunsWithoutTheSwiftToolchain() throws {
@@ -175,6 +236,8 @@ final class InstallTests: XCTestCase {
 
         let contents = try runProgram("/usr/bin/dpkg-deb", ["--contents", deb])
         for path in ["./usr/sbin/tunneld", "./lib/systemd/system/tunneld.service", "./usr/lib/systemd/user/tunneld.service",
+                     "./usr/share/bash-completion/completions/tunneld", "./usr/share/zsh/vendor-completions/_tunneld",
+                     "./usr/share/fish/vendor_completions.d/tunneld.fish",
                      "./usr/share/man/man8/tunneld.8.gz", "./usr/share/man/man5/tunneld.conf.5.gz",
                      "./usr/share/doc/tunneld/copyright", "./lib/systemd/system-sleep/tunneld"] {
             XCTAssertTrue(contents.output.contains(" \(path)\n"), "no \(path) in the package:\n\(contents.output)")

@@ -28,7 +28,9 @@ final class TunneldProcess {
     /// on it; returns once it logs that it has started.
     /// - `wrapper`: a program and arguments that run tunneld (e.g. `prlimit --nofile=48`).
     /// - `binary`: the tunneld to run, e.g. one `make install` put in place.
-    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], wrapper: [String] = [], waitForStart: Bool = true, binary: String = TunneldProcess.binary) throws {
+    /// - `journalStream`: set `JOURNAL_STREAM` to the log file's device and inode, as systemd
+    ///   does when a service's standard error goes to the journal.
+    init(stanzas: [String: String], arguments: [String] = [], environment: [String: String] = [:], wrapper: [String] = [], waitForStart: Bool = true, binary: String = TunneldProcess.binary, journalStream: Bool = false) throws {
         directory = ScratchDirectory("tunneld")
         configPath = directory.file("services.d")
         try FileManager.default.createDirectory(atPath: configPath, withIntermediateDirectories: true)
@@ -47,6 +49,11 @@ final class TunneldProcess {
         env["HOME"] = directory.path
         env["SSH_AUTH_SOCK"] = nil
         for (key, value) in environment { env[key] = value }
+        if journalStream {
+            var status = stat()
+            stat(logFile, &status)
+            env["JOURNAL_STREAM"] = "\(status.st_dev):\(status.st_ino)"
+        }
         let command = wrapper + [binary, "-f", configPath] + arguments
         process = try ChildProcess(command[0], Array(command.dropFirst()), environment: env, output: directory.file("stdout"), error: logFile)
         if waitForStart {
