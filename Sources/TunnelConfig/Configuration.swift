@@ -26,6 +26,12 @@ public struct Configuration: Sendable {
 
     /// Whether any diagnostic is an error.
     public var hasErrors: Bool { diagnostics.contains { $0.severity == .error } }
+
+    /// Whether any error is more than a refused file: a reload skips files it cannot trust
+    /// and loads the others, as a start does, but refuses a configuration with other errors.
+    public var hasErrorsBeyondRefusedFiles: Bool {
+        diagnostics.contains { $0.severity == .error && !$0.refusesFile }
+    }
 }
 
 /// Settings that only make sense once per daemon; they live in `defaults { }`.
@@ -68,8 +74,12 @@ public struct Diagnostic: Sendable, Equatable, CustomStringConvertible {
     public var service: String?
     /// What is wrong and what to do, as one sentence.
     public var message: String
+    /// Whether the error is a file refused because another account could write it: the
+    /// file is skipped and the others are used.
+    public var refusesFile: Bool
 
-    public init(_ severity: Severity, at location: SourceLocation?, service: String? = nil, _ message: String) {
+    public init(_ severity: Severity, at location: SourceLocation?, service: String? = nil, _ message: String, refusesFile: Bool = false) {
+        self.refusesFile = refusesFile
         self.severity = severity
         self.location = location
         self.service = service

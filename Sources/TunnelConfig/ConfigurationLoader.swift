@@ -24,12 +24,20 @@ public struct ConfigurationLoader: Sendable {
         /// The home whose `~/.ssh/config` `ssh_config = yes` reads, and with which `~` in it is
         /// expanded: `$HOME` (Foundation ignores it for root), or run_as's home.
         public var sshConfigHome: String
+        /// Whose configuration files are trusted: root's, and the account tunneld runs as.
+        public var trust: PathTrust
+        /// Whose key, passphrase and password files are trusted: besides `trust`, the
+        /// `run_as` account that reads them after the switch.
+        public var keyTrust: PathTrust
 
         public init(
             userName: String, homeDirectory: String, agentSocket: String?,
             servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd",
-            hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil
+            hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil,
+            trust: PathTrust = .current
         ) {
+            self.trust = trust
+            self.keyTrust = trust
             self.hostNameHasher = hostNameHasher
             self.sshProgram = sshProgram
             self.sshConfigHome = sshConfigHome ?? homeDirectory
@@ -49,6 +57,16 @@ public struct ConfigurationLoader: Sendable {
             }
             return nil
         }
+
+        /// The user id of a local account, from the password file.
+        public func userID(of account: String) -> uid_t? {
+            guard let data = FileManager.default.contents(atPath: passwordFile) else { return nil }
+            for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                if fields.count >= 6, fields[0] == account { return uid_t(fields[2]) }
+            }
+            return nil
+        }
     }
 
     /// The most bytes read from one file; a configuration is never this large.
@@ -64,13 +82,15 @@ public struct ConfigurationLoader: Sendable {
 
     /// Loads `path`. Never throws: every problem becomes a located diagnostic.
     public func load(path: String) -> Configuration {
-        var reader = Reader()
+        var reader = Reader(trust: environment.trust)
         reader.read(path: path, from: nil, depth: 0)
         return assemble(reader)
     }
 
     /// Collects items from files, following includes.
     private struct Reader {
+        /// Whose files and directories may be read.
+        let trust: PathTrust
         var items: [(item: Item, file: String)] = []
         var diagnostics: [Diagnostic] = []
         var skipped: [String] = []
@@ -96,6 +116,10 @@ public struct ConfigurationLoader: Sendable {
             let canonical = PathText.canonical(path)
             guard !visiting.contains(canonical) else {
                 diagnostics.append(Diagnostic(.error, at: place, "includedir \(written ?? path) includes \(canonical), which is already being read (a loop); remove the includedir"))
+                return
+            }
+            if let problem = trust.problem(with: path) {
+                diagnostics.append(Diagnostic(.error, at: place, problem, refusesFile: true))
                 return
             }
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
@@ -134,6 +158,10 @@ public struct ConfigurationLoader: Sendable {
                 return
             }
             alreadyRead.insert(canonical)
+            if let problem = trust.problem(with: path) {
+                diagnostics.append(Diagnostic(.error, at: place, problem, refusesFile: true))
+                return
+            }
             guard let data = FilePrefix.read(path, atMost: ConfigurationLoader.maximumFileSize + 1) else {
                 diagnostics.append(Diagnostic(.error, at: place, "cannot read \(path); check its permissions"))
                 return
@@ -215,6 +243,9 @@ public struct ConfigurationLoader: Sendable {
             serviceEnvironment.homeDirectory = home
             serviceEnvironment.sshConfigHome = home
             serviceEnvironment.agentSocket = nil
+            if let uid = environment.userID(of: account) {
+                serviceEnvironment.keyTrust.owners.insert(uid)
+            }
         }
 
         var seen: [String: SourceLocation] = [:]

@@ -364,7 +364,7 @@ struct ServiceBuilder {
                 error("identity", "identity \(path) does not exist; create a key with ssh-keygen -t ed25519 -f \(path), or fix the path")
                 continue
             }
-            if let problem = PrivateFile.problem(path, attribute: "identity") {
+            if let problem = PrivateFile.problem(path, attribute: "identity", trust: environment.keyTrust) {
                 error("identity", problem)
                 continue
             }
@@ -384,8 +384,16 @@ struct ServiceBuilder {
             error(attribute, "\(attribute) \(path) does not exist")
             return
         }
-        if let problem = PrivateFile.problem(path, attribute: attribute) {
+        if let problem = PrivateFile.problem(path, attribute: attribute, trust: environment.keyTrust) {
             error(attribute, problem)
+            return
+        }
+        if attribute == "password_file" {
+            do {
+                _ = try PrivateFile.readSecret(path, attribute: attribute, trust: environment.keyTrust)
+            } catch let problem as FileProblem {
+                error(attribute, problem.description)
+            } catch {}
         }
     }
 

@@ -247,14 +247,14 @@ public final class Daemon {
     private func reload(listener: Listener, pool: SessionPool) {
         logger.notice("reloading")
         let next = reloadConfiguration()
-        if next.hasErrors {
+        if next.hasErrorsBeyondRefusedFiles {
             for diagnostic in next.diagnostics where diagnostic.severity == .error {
                 logger.error("\(diagnostic)")
             }
             logger.error("reload refused: the configuration has errors; still running the previous one")
             return
         }
-        for diagnostic in next.diagnostics { logger.warning("\(diagnostic)") }
+        for diagnostic in next.diagnostics { logger.log(level: diagnostic.severity == .error ? .error : .warning, "\(diagnostic)") }
 
         let running = Dictionary(uniqueKeysWithValues: listener.currentEndpoints.map { ($0.service.name, $0) })
         let wanted = Dictionary(next.services.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
