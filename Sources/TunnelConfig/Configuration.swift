@@ -48,6 +48,8 @@ public struct GlobalSettings: Sendable, Equatable {
     public var maxConnections: Int?
     /// Where to serve Prometheus metrics over HTTP (`metrics = [HOST:]PORT`), if anywhere.
     public var metrics: Endpoint?
+    /// Where to serve them on a Unix socket instead (`metrics = unix:PATH`), if there.
+    public var metricsSocket: String?
     /// Who besides loopback clients may read the metrics: the `only_from` of `defaults`.
     public var metricsOnlyFrom: [AddressMatch] = []
 

@@ -319,7 +319,15 @@ public struct ConfigurationLoader: Sendable {
                 diagnostics.append(Diagnostic(.error, at: place("log_level"), "log_level \(level) is not one of \(known.joined(separator: ", "))"))
             }
         }
-        if let text = one("metrics") {
+        let metricsText = one("metrics")
+        if let text = metricsText, text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            if path.hasPrefix("/") {
+                settings.metricsSocket = path
+            } else {
+                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' needs an absolute path after unix:; write e.g. metrics = unix:/run/tunneld/metrics.sock"))
+            }
+        } else if let text = metricsText {
             var host = "127.0.0.1"
             var portText = Substring(text)
             if let colon = text.lastIndex(of: ":") {
@@ -330,7 +338,7 @@ public struct ConfigurationLoader: Sendable {
             if let port = UInt16(portText), port > 0, let listen = ServiceBuilder.listenHost(host) {
                 settings.metrics = Endpoint(host: listen, port: port)
             } else {
-                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' is not [HOST:]PORT; write e.g. metrics = 127.0.0.1:9108"))
+                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' is not [HOST:]PORT or unix:PATH; write e.g. metrics = 127.0.0.1:9108"))
             }
         }
         if let text = one("max_connections") {

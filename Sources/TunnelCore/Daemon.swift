@@ -65,11 +65,19 @@ public final class Daemon {
             logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
         }
         defer { control?.close() }
+        // Metrics are bound before the switch too, so that a port below 1024 works.
+        let metrics = configuration.globals.metricsPlace(group: account?.gid, owner: account?.uid).flatMap { place in
+            do {
+                return try MetricsListener(place: place, allowed: configuration.globals.metricsOnlyFrom, logger: logger)
+            } catch {
+                logger.error("cannot serve metrics", metadata: ["listen": "\(place)", "error": "\(error)"])
+                return nil
+            }
+        }
+        defer { metrics?.close() }
         if let account {
             do {
-                // The directory stays the run_as account's, so that it can remove the socket at exit.
-                let directory = PathText.parent(of: controlPath)
-                if directory.hasPrefix("/run/tunneld") { chown(directory, account.uid, account.gid) }
+                // The socket's directory stays root's: run_as never owns a place where root makes files.
                 try Privileges.drop(to: account.name)
                 logger.notice("switched to run_as account", metadata: ["run_as": "\(account.name)"])
             } catch {
@@ -113,16 +121,9 @@ public final class Daemon {
             default: return "unknown request '\(request)'; try status, status json, status prometheus or reconnect [SERVICE...]\n"
             }
         }
-        if let address = configuration.globals.metrics {
-            do {
-                let metrics = try MetricsListener(address: address, allowed: configuration.globals.metricsOnlyFrom, logger: logger) {
-                    Self.status(listener: listener, pool: pool, startedAt: startedAt).prometheus()
-                }
-                metrics.start()
-                logger.info("serving metrics", metadata: ["listen": "\(address)", "path": "/metrics"])
-            } catch {
-                logger.error("cannot serve metrics", metadata: ["listen": "\(address)", "error": "\(error)"])
-            }
+        if let metrics {
+            metrics.start { Self.status(listener: listener, pool: pool, startedAt: startedAt).prometheus() }
+            logger.info("serving metrics", metadata: ["listen": "\(metrics.place)", "path": "/metrics"])
         }
         logger.notice("started", metadata: ["services": "\(endpoints.count)"])
         systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])

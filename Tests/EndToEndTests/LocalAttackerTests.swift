@@ -49,4 +49,167 @@ final class LocalAttackerTests: SSHTestCase {
         XCTAssertTrue(check.output.contains("password_file \(sshd.userKey) looks like a private key, not a password: refused"), check.output + check.error)
         XCTAssertFalse((check.output + check.error).contains("PRIVATE KEY"))
     }
+
+    // MARK: control socket and metrics
+
+    /// A Unix stream socket connected to `path` without waiting (nil when the backlog is full).
+    private func unixConnect(_ path: String) -> Int32? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard status == 0 else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
+    /// A Unix socket listening at `path` that never accepts.
+    private func unixListen(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        listen(fd, 16)
+        return fd
+    }
+
+    /// Sends one byte every 0.8 s on `fd` until `stop` is set.
+    private func trickle(_ fd: Int32, byte: UInt8 = UInt8(ascii: "s"), until stop: StopFlag) -> Thread {
+        let thread = Thread {
+            var byte = byte
+            while !stop.isSet {
+                _ = send(fd, &byte, 1, Int32(MSG_NOSIGNAL))
+                Thread.sleep(forTimeInterval: 0.8)
+            }
+        }
+        thread.start()
+        return thread
+    }
+
+    /// 200 clients that connect and say nothing, and one that trickles its request, do not
+    /// keep `tunneld status` from its answer.
+    func test03_SilentControlClientsDoNotStallStatus() throws {
+        let tunneld = try TunneldProcess(stanzas: ["good": stanza("good", port: TCP.freePort(), via: sshd, target: echo.port)])
+        let socketPath = tunneld.directory.file("control.sock")
+        let stop = StopFlag()
+        defer { stop.set() }
+        var silent: [Int32] = []
+        defer { silent.forEach { close($0) } }
+        for _ in 0..<200 { if let fd = unixConnect(socketPath) { silent.append(fd) } }
+        // Before, a full backlog kept this one out too.
+        let trickler = unixConnect(socketPath)
+        defer { trickler.map { close($0) } }
+        if let trickler { _ = trickle(trickler, until: stop) }
+        for _ in 0..<3 {
+            let started = Date()
+            let status = try runProgram(TunneldProcess.binary, ["status", "--socket", socketPath], timeout: 10)
+            let took = Date().timeIntervalSince(started)
+            XCTAssertEqual(status.status, 0, status.error)
+            XCTAssertTrue(status.output.contains("good"), status.output + status.error)
+            XCTAssertLessThan(took, 1, "status answered in \(took) s with \(silent.count) silent clients")
+        }
+        XCTAssertTrue(tunneld.isRunning)
+    }
+
+    /// `tunneld status` fails, with a message, against a daemon that never answers or stops in
+    /// the middle of its answer: it never prints nothing and exits 0.
+    func test04_StatusFailsWhenTheAnswerNeverComesOrIsCut() throws {
+        let directory = ScratchDirectory("mute")
+        let mute = directory.file("mute.sock")
+        let muteFD = unixListen(mute)
+        defer { close(muteFD) }
+        var started = Date()
+        let never = try runProgram(TunneldProcess.binary, ["status", "--socket", mute], timeout: 20)
+        XCTAssertNotEqual(never.status, 0, never.output)
+        XCTAssertTrue(never.error.contains("tunneld at \(mute) did not answer within 5 s"), never.error)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 7)
+
+        // One that accepts and sends a byte every 0.8 s, never closing.
+        let slow = directory.file("slow.sock")
+        let slowFD = unixListen(slow)
+        defer { close(slowFD) }
+        let stop = StopFlag()
+        defer { stop.set() }
+        let server = Thread {
+            let client = accept(slowFD, nil, nil)
+            var byte = UInt8(ascii: "x")
+            while !stop.isSet {
+                _ = send(client, &byte, 1, Int32(MSG_NOSIGNAL))
+                Thread.sleep(forTimeInterval: 0.8)
+            }
+            close(client)
+        }
+        server.start()
+        started = Date()
+        let cut = try runProgram(TunneldProcess.binary, ["status", "--socket", slow], timeout: 20)
+        XCTAssertNotEqual(cut.status, 0, cut.output)
+        XCTAssertTrue(cut.error.contains("sent part of an answer"), cut.error)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 7)
+
+        let reconnect = try runProgram(TunneldProcess.binary, ["reconnect", "--socket", mute], timeout: 20)
+        XCTAssertNotEqual(reconnect.status, 0)
+        XCTAssertTrue(reconnect.error.contains("did not answer"), reconnect.error)
+    }
+
+    /// A metrics client that trickles its request and 500 idle ones do not keep a scraper
+    /// from its metrics.
+    func test05_TricklingAndIdleMetricsClientsDoNotStallAScrape() throws {
+        let metricsPort = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: [
+            "00-metrics": "defaults { metrics = 127.0.0.1:\(metricsPort) }\n",
+            "good": stanza("good", port: TCP.freePort(), via: sshd, target: echo.port),
+        ])
+        let stop = StopFlag()
+        defer { stop.set() }
+        let trickler = try TCP.connect(port: metricsPort)
+        defer { close(trickler) }
+        _ = trickle(trickler, byte: UInt8(ascii: "G"), until: stop)
+        var idle: [Int32] = []
+        defer { idle.forEach { close($0) } }
+        for _ in 0..<500 { if let fd = try? TCP.connect(port: metricsPort, timeout: 2) { idle.append(fd) } }
+        for _ in 0..<3 {
+            let scrape = try runProgram("/usr/bin/curl", ["-sS", "-m", "2", "http://127.0.0.1:\(metricsPort)/metrics"], timeout: 10)
+            XCTAssertEqual(scrape.status, 0, scrape.error + tunneld.log.suffix(2000))
+            XCTAssertTrue(scrape.output.contains("tunneld_connections_total"), scrape.output)
+        }
+        // The idle ones are closed within their second.
+        Thread.sleep(forTimeInterval: 1.5)
+        XCTAssertLessThan(openDescriptors(of: tunneld.pid), 100, "idle metrics clients are closed")
+    }
+
+    /// `metrics = unix:PATH` serves the same on a Unix socket of mode 0600.
+    func test06_MetricsOnAUnixSocket() throws {
+        let directory = ScratchDirectory("metrics")
+        let path = directory.file("metrics.sock")
+        let second = try TunneldProcess(stanzas: [
+            "00-metrics": "defaults { metrics = unix:\(path) }\n",
+            "other": stanza("other", port: TCP.freePort(), via: sshd, target: echo.port),
+        ])
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0, second.log)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600)
+        let scrape = try runProgram("/usr/bin/curl", ["-sS", "-m", "2", "--unix-socket", path, "http://localhost/metrics"], timeout: 10)
+        XCTAssertEqual(scrape.status, 0, scrape.error + second.log)
+        XCTAssertTrue(scrape.output.contains(#"tunneld_connections_total{service="other""#), scrape.output)
+        XCTAssertEqual(second.terminate(), 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path), "removed at exit")
+    }
+}
+
+/// A flag one thread sets and others read.
+private final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+
+    var isSet: Bool { lock.withLock { value } }
+
+    func set() { lock.withLock { value = true } }
 }
