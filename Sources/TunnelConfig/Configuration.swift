@@ -1,3 +1,5 @@
+import Glibc
+
 /// Everything read from a configuration path: the services to run, the global settings,
 /// and every problem found on the way.
 public struct Configuration: Sendable {
@@ -38,6 +40,9 @@ public struct Configuration: Sendable {
 public struct GlobalSettings: Sendable, Equatable {
     /// Path of the control socket; `nil` means the platform default.
     public var controlSocket: String?
+    /// Group that gets the control socket (and a metrics socket), mode 0660: `control_group`,
+    /// else run_as's primary group when no other account has it; nil: mode 0600, root's alone.
+    public var controlGroup: gid_t?
     /// Account to switch to after binding, when started as root.
     public var runAs: String?
     /// Log level name (`trace`, `debug`, `info`, `notice`, `warning`, `error`).

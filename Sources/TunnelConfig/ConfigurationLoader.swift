@@ -17,6 +17,8 @@ public struct ConfigurationLoader: Sendable {
         public var agentSocket: String?
         public var servicesFile: String
         public var passwordFile: String
+        /// The group file, for `control_group`.
+        public var groupFile: String
         /// Matches hashed known_hosts names when `--check` looks for a server's key.
         public var hostNameHasher: HostNameHasher?
         /// OpenSSH's ssh, which resolves Host aliases for `ssh_config` (`ssh -G`).
@@ -32,7 +34,7 @@ public struct ConfigurationLoader: Sendable {
 
         public init(
             userName: String, homeDirectory: String, agentSocket: String?,
-            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd",
+            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd", groupFile: String = "/etc/group",
             hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil,
             trust: PathTrust = .current
         ) {
@@ -46,6 +48,7 @@ public struct ConfigurationLoader: Sendable {
             self.agentSocket = agentSocket
             self.servicesFile = servicesFile
             self.passwordFile = passwordFile
+            self.groupFile = groupFile
         }
 
         /// The home directory of a local account, from the password file.
@@ -60,10 +63,25 @@ public struct ConfigurationLoader: Sendable {
 
         /// The user id of a local account, from the password file.
         public func userID(of account: String) -> uid_t? {
-            guard let data = FileManager.default.contents(atPath: passwordFile) else { return nil }
+            accounts().first { $0.name == account }?.uid
+        }
+
+        /// Every account of the password file: name, user id, primary group id.
+        func accounts() -> [(name: String, uid: uid_t, gid: gid_t)] {
+            guard let data = FileManager.default.contents(atPath: passwordFile) else { return [] }
+            return String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).compactMap { line in
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                guard fields.count >= 6, let uid = uid_t(fields[2]), let gid = gid_t(fields[3]) else { return nil }
+                return (String(fields[0]), uid, gid)
+            }
+        }
+
+        /// The id of a local group, from the group file (a number is taken as it is).
+        func groupID(of group: String) -> gid_t? {
+            guard let data = FileManager.default.contents(atPath: groupFile) else { return nil }
             for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
                 let fields = line.split(separator: ":", omittingEmptySubsequences: false)
-                if fields.count >= 6, fields[0] == account { return uid_t(fields[2]) }
+                if fields.count >= 3, fields[0] == group { return gid_t(fields[2]) }
             }
             return nil
         }
@@ -306,11 +324,13 @@ public struct ConfigurationLoader: Sendable {
         settings.controlSocket = one("control_socket")
         if let account = one("run_as") {
             if environment.homeDirectory(of: account) == nil {
-                diagnostics.append(Diagnostic(.error, at: place("run_as"), "run_as \(account) is not an account on this machine; create it (adduser --system \(account)) or fix the name"))
+                diagnostics.append(Diagnostic(.error, at: place("run_as"), "run_as \(account) is not an account on this machine; create it (adduser --system --group \(account)) or fix the name"))
             } else {
                 settings.runAs = account
             }
         }
+        let controlGroup = one("control_group")
+        resolveControlGroup(&settings, named: controlGroup, place: place, diagnostics: &diagnostics)
         if let level = one("log_level") {
             let known = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             if known.contains(level.lowercased()) {
@@ -354,6 +374,49 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         return settings
+    }
+}
+
+extension ConfigurationLoader {
+    /// The group that gets the control socket (mode 0660): `control_group`, else run_as's
+    /// primary group; none (mode 0600, root's alone) when other accounts have that group as
+    /// their primary group (`nogroup`, `users`), since they could then ask for status and
+    /// reconnect: that is an error naming the fixes.
+    private func resolveControlGroup(
+        _ settings: inout GlobalSettings, named controlGroup: String?, place: (String) -> SourceLocation?, diagnostics: inout [Diagnostic]
+    ) {
+        let accounts = environment.accounts()
+        var group: gid_t?
+        var location = place("run_as")
+        if let name = controlGroup {
+            location = place("control_group")
+            guard let gid = environment.groupID(of: name) else {
+                diagnostics.append(Diagnostic(.error, at: location, "control_group \(name) is not a group on this machine; create it (addgroup --system \(name)) or fix the name"))
+                return
+            }
+            group = gid
+        } else if let account = settings.runAs {
+            group = accounts.first { $0.name == account }?.gid
+        }
+        guard let group else { return }
+        let sharing = accounts.filter { $0.gid == group && $0.name != settings.runAs }.map(\.name)
+        guard sharing.isEmpty else {
+            let groupName = groupName(of: group)
+            let who = sharing.prefix(3).joined(separator: ", ") + (sharing.count > 3 ? " and \(sharing.count - 3) more" : "")
+            let account = settings.runAs ?? "tunneld"
+            diagnostics.append(Diagnostic(.error, at: location, "the control socket's group \(groupName) is the primary group of \(who) too, who could then run tunneld status and reconnect; the socket stays root's alone (mode 0600): give run_as a group of its own (adduser --system --group \(account)) or set control_group = GROUP in defaults to a group of its own"))
+            return
+        }
+        settings.controlGroup = group
+    }
+
+    private func groupName(of gid: gid_t) -> String {
+        guard let data = FileManager.default.contents(atPath: environment.groupFile) else { return "\(gid)" }
+        for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count >= 3, gid_t(fields[2]) == gid { return String(fields[0]) }
+        }
+        return "\(gid)"
     }
 }
 

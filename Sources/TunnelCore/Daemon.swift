@@ -60,13 +60,13 @@ public final class Daemon {
         // can both ask for status. It answers once the listener and pool below exist.
         var control: ControlSocket?
         do {
-            control = try ControlSocket(path: controlPath, group: account?.gid, owner: account?.uid)
+            control = try ControlSocket(path: controlPath, group: configuration.globals.controlGroup, owner: account?.uid)
         } catch {
             logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
         }
         defer { control?.close() }
         // Metrics are bound before the switch too, so that a port below 1024 works.
-        let metrics = configuration.globals.metricsPlace(group: account?.gid, owner: account?.uid).flatMap { place in
+        let metrics = configuration.globals.metricsPlace(group: configuration.globals.controlGroup, owner: account?.uid).flatMap { place in
             do {
                 return try MetricsListener(place: place, allowed: configuration.globals.metricsOnlyFrom, logger: logger)
             } catch {

@@ -9,7 +9,7 @@ enum Privileges {
     /// The uid and gid of `account`.
     static func ids(of account: String) throws -> (uid: uid_t, gid: gid_t) {
         guard let entry = getpwnam(account) else {
-            throw Failure(description: "run_as \(account): no such account; create it (adduser --system \(account)) or fix the name")
+            throw Failure(description: "run_as \(account): no such account; create it (adduser --system --group \(account)) or fix the name")
         }
         return (entry.pointee.pw_uid, entry.pointee.pw_gid)
     }

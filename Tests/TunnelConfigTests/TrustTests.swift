@@ -153,4 +153,35 @@ final class TrustTests: XCTestCase {
         XCTAssertEqual(PrivateFile.problem(key, attribute: "identity")?.replacingOccurrences(of: fixture.root, with: "ROOT"),
                        "identity ROOT/shared: writable by group and others: refused (it holds ROOT/shared/id_ed25519); chmod go-w ROOT/shared")
     }
+
+    // MARK: the control socket's group
+
+    func testAGroupThatIsAnotherAccountsPrimaryGroupNeverGetsTheControlSocket() {
+        fixture.write("etc/passwd", """
+            root:x:0:0:root:/root:/bin/bash
+            nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+            sync:x:4:65534:sync:/bin:/bin/sync
+            tunneld:x:990:990::/var/lib/tunneld:/usr/sbin/nologin
+            """)
+        fixture.write("etc/group", "nogroup:x:65534:\ntunneld:x:990:\nstatus:x:991:alice\nusers:x:100:\n")
+        var environment = fixture.environment
+        environment.groupFile = fixture.root + "/etc/group"
+        func load(_ defaults: String) -> Configuration {
+            fixture.write("conf/00-defaults", "defaults { \(defaults) }\n")
+            fixture.write("conf/a", stanza("a", port: 1))
+            return ConfigurationLoader(environment: environment).load(path: fixture.root + "/conf")
+        }
+        let shared = load("run_as = nobody")
+        XCTAssertNil(shared.globals.controlGroup, "the socket stays root's alone")
+        XCTAssertEqual(fixture.messages(shared), [
+            "ROOT/conf/00-defaults:1: error: the control socket's group nogroup is the primary group of sync too, who could then run tunneld status and reconnect; the socket stays root's alone (mode 0600): give run_as a group of its own (adduser --system --group nobody) or set control_group = GROUP in defaults to a group of its own",
+        ])
+        XCTAssertEqual(load("run_as = tunneld").globals.controlGroup, 990, "a group of its own")
+        let chosen = load("run_as = nobody\n control_group = status")
+        XCTAssertEqual(fixture.messages(chosen), [])
+        XCTAssertEqual(chosen.globals.controlGroup, 991)
+        XCTAssertNil(load("control_group = nogroup").globals.controlGroup)
+        XCTAssertEqual(fixture.messages(load("control_group = wheel2")), ["ROOT/conf/00-defaults:1: error: control_group wheel2 is not a group on this machine; create it (addgroup --system wheel2) or fix the name"])
+        XCTAssertNil(load("linger = 3").globals.controlGroup, "no run_as, no group: 0600")
+    }
 }
