@@ -1,3 +1,5 @@
+import Glibc
+
 /// The validated description of one service: what `tunneld` listens on and where it tunnels to.
 ///
 /// Values here are final: defaults are applied, names are resolved to numbers, and the
@@ -160,13 +162,32 @@ public enum AddressMatch: Sendable, Hashable {
 /// The identity of an SSH session that services may share: their route.
 public typealias SessionKey = Route
 
-/// One `permit` entry of a SOCKS service: a host pattern (`*` and `?` match, case-insensitive)
-/// and a port, or `*` for any port.
+/// One `permit` entry of a SOCKS service: a host pattern and a port, or `*` for any port.
+///
+/// A pattern is of one kind and matches only requests of that kind, so that a name can never
+/// pass an address rule (`10.9.8.7.attacker.example` and `10.9.8.*`) nor an address a name
+/// rule: an address pattern (IPv4 digits and dots, or IPv6 with colons, with `*` and `?`, or a
+/// CIDR block `10.9.8.0/24`, `[2001:db8::/32]`) matches address literals only, compared in
+/// canonical form; a name pattern (OpenSSH's `*` and `?`, case-insensitive) matches names
+/// only. A pattern of `*` alone matches any host.
 public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
+    /// What a host pattern matches.
+    public enum Kind: Sendable, Hashable {
+        /// Any host: the pattern is `*`.
+        case any
+        /// Address literals, by wildcard on their canonical text.
+        case addressPattern
+        /// Address literals inside a block.
+        case network(address: [UInt8], prefixLength: Int)
+        /// Host names.
+        case name
+    }
+
     public var host: String
     public var port: UInt16?
+    public var kind: Kind
 
-    /// Parses `HOST:PORT`, `[IPv6]:PORT`; PORT may be `*`.
+    /// Parses `HOST:PORT`, `[IPv6]:PORT`, `CIDR:PORT`, `[IPv6/LEN]:PORT`; PORT may be `*`.
     public init?(_ text: String) {
         var hostPart: Substring
         var portPart: Substring
@@ -189,12 +210,58 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         } else {
             return nil
         }
+        guard let kind = Self.kind(of: host) else { return nil }
+        self.kind = kind
     }
 
-    /// Whether a client may reach `host`:`port` by this rule.
+    /// The kind of a host pattern, or nil when it is neither a name nor an address pattern
+    /// (a bad CIDR block, characters no host has).
+    static func kind(of pattern: String) -> Kind? {
+        if pattern.allSatisfy({ $0 == "*" }) { return .any }
+        if let slash = pattern.firstIndex(of: "/") {
+            guard let length = Int(pattern[pattern.index(after: slash)...]),
+                  let address = HostLiteral.bytes(of: String(pattern[..<slash])),
+                  (0...address.count * 8).contains(length) else { return nil }
+            return .network(address: address, prefixLength: length)
+        }
+        let wild: Set<Character> = ["*", "?"]
+        if pattern.contains(":") {
+            let allowed = Set("0123456789abcdef:.").union(wild)
+            return pattern.allSatisfy(allowed.contains) ? .addressPattern : nil
+        }
+        if pattern.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == "." || wild.contains($0)) }) {
+            return .addressPattern
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-_.").union(wild)
+        return pattern.allSatisfy(allowed.contains) ? .name : nil
+    }
+
+    /// Whether a name pattern also looks like an address (`10.9.8.*.example.org`), a sign
+    /// that it was meant as one: `--check` warns.
+    public var mixesAddressAndName: Bool {
+        guard kind == .name else { return false }
+        let labels = host.split(separator: ".")
+        return labels.contains { label in label.allSatisfy(\.isNumber) } && labels.contains { label in label.contains { $0.isLetter } }
+    }
+
+    /// Whether a client may reach `host`:`port` by this rule; `host` is an address literal
+    /// or a name as the client sent it.
     public func allows(host candidate: String, port candidatePort: UInt16) -> Bool {
         if let port, port != candidatePort { return false }
-        return Self.wildcard(Array(candidate.lowercased()), Array(host))
+        let literal = HostLiteral.bytes(of: candidate)
+        switch kind {
+        case .any:
+            return true
+        case .addressPattern:
+            guard let literal else { return false }
+            return Self.wildcard(Array(HostLiteral.text(of: literal)), Array(host))
+        case .network(let network, let length):
+            guard let literal, literal.count == network.count else { return false }
+            return HostLiteral.prefix(network, literal, length)
+        case .name:
+            guard literal == nil else { return false }
+            return Self.wildcard(Array(candidate.lowercased()), Array(host))
+        }
     }
 
     public var description: String {
@@ -222,6 +289,42 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         }
         while p < pattern.count && pattern[p] == "*" { p += 1 }
         return p == pattern.count
+    }
+}
+
+/// IPv4 and IPv6 address literals as bytes and back, with inet_pton and inet_ntop.
+public enum HostLiteral {
+    /// The bytes of an address literal (4 or 16), or nil when `text` is not one.
+    public static func bytes(of text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 {
+            return withUnsafeBytes(of: &v4) { Array($0) }
+        }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 {
+            return withUnsafeBytes(of: &v6) { Array($0) }
+        }
+        return nil
+    }
+
+    /// The canonical text of an address: dotted IPv4, IPv6 as inet_ntop writes it.
+    public static func text(of bytes: [UInt8]) -> String {
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        let family = bytes.count == 4 ? AF_INET : AF_INET6
+        _ = bytes.withUnsafeBytes { inet_ntop(family, $0.baseAddress, &buffer, socklen_t(buffer.count)) }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// Whether the first `length` bits of `a` and `b` agree.
+    public static func prefix(_ a: [UInt8], _ b: [UInt8], _ length: Int) -> Bool {
+        var bits = length
+        for (x, y) in zip(a, b) where bits > 0 {
+            let take = min(8, bits)
+            let mask = UInt8(truncatingIfNeeded: 0xff << (8 - take))
+            if x & mask != y & mask { return false }
+            bits -= take
+        }
+        return true
     }
 }
 

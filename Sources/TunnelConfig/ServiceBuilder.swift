@@ -148,8 +148,11 @@ struct ServiceBuilder {
         for word in words {
             if let rule = PermitRule(word) {
                 rules.append(rule)
+                if rule.mixesAddressAndName {
+                    warning("permit", "permit '\(word)' is a name pattern that looks like an address; it matches host names only, never an address literal: write an address pattern (10.9.8.*, 10.9.8.0/24) or a name pattern (*.example.org)")
+                }
             } else {
-                error("permit", "permit '\(word)' is not HOST:PORT; write e.g. permit = mail.example.org:25 *.example.org:443 [2001:db8::1]:* (* matches any)")
+                error("permit", "permit '\(word)' is not HOST:PORT; write e.g. permit = mail.example.org:25 *.example.org:443 10.9.8.0/24:* [2001:db8::1]:* (* matches any)")
             }
         }
         return rules

@@ -304,4 +304,22 @@ final class SocksHandshakeTests: XCTestCase {
         XCTAssertEqual(SocksHandshake.reply(SocksHandshake.errorCode(forOpenFailure: "administratively prohibited")),
                        [5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
     }
+
+    // MARK: names that are no host names (issue 22)
+
+    func testANameWithASpaceOrOtherNonHostCharactersIsRefusedAtOnce() {
+        for name in ["127.0.0.1 .example.org", "a..example.org", ".example.org", "ex ample", "a/b", "xn--caf\u{e9}", "a\u{202e}b.org", String(repeating: "a", count: 64) + ".org"] {
+            let bytes = Array(name.utf8)
+            let request: [UInt8] = [5, 1, 0, 3, UInt8(bytes.count)] + bytes + [0x01, 0xbb]
+            guard case .refuse(let reply, let reason) = stepForRequest(request) else {
+                XCTFail("\(name.debugDescription) was not refused")
+                continue
+            }
+            XCTAssertEqual(reply, SocksHandshake.reply(.generalFailure), name)
+            XCTAssertTrue(reason.contains("which is not a host name"), reason)
+        }
+        for name in ["example.org", "example.org.", "mail_relay-2.example.org", "10.9.8.7", "2001:db8::1"] {
+            XCTAssertTrue(SocksHandshake.isHostName(name), name)
+        }
+    }
 }
