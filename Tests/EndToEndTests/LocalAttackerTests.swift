@@ -238,9 +238,30 @@ final class LocalAttackerTests: SSHTestCase {
         let spaced = Array("127.0.0.1 .example.org".utf8)
         XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(spaced.count)] + spaced + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
         XCTAssertTrue(tunneld.waitForLog("which is not a host name", timeout: 2), tunneld.log)
-        XCTAssertEqual(sshd.acceptedLogins, 0, "no SSH session for either")
+        // A bidi override in a name is refused too, and logged escaped, never raw.
+        let reversed = Array("gro.elpmaxe\u{202E}.www".utf8)
+        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(reversed.count)] + reversed + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertTrue(tunneld.waitForLog("gro.elpmaxe\\u{202e}.www", timeout: 2), tunneld.log)
+        XCTAssertFalse(tunneld.log.unicodeScalars.contains("\u{202E}"), "no raw bidi control in the log")
+        XCTAssertEqual(sshd.acceptedLogins, 0, "no SSH session for any of them")
         // The address itself passes.
         XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("hi".utf8)).suffix(2), Array("hi".utf8), tunneld.log)
+    }
+
+    // MARK: privileges
+
+    /// After the switch to run_as, nothing the daemon runs can gain privileges again.
+    func test08_NoNewPrivilegesAfterTheSwitch() throws {
+        try XCTSkipIf(geteuid() != 0, "only root can switch accounts")
+        let scratch = ScratchDirectory("nnp")
+        chmod(scratch.path, 0o755)
+        let tunneld = try TunneldProcess(stanzas: [
+            "00-defaults": "defaults { run_as = nobody\n control_socket = \(scratch.file("run/control.sock")) }\n",
+            "a": "service a { port = \(TCP.freePort())\n server = 127.0.0.1\n server_args = localhost 25 }\n",
+        ])
+        XCTAssertTrue(tunneld.log.contains("switched to run_as account"), tunneld.log)
+        let status = try String(contentsOfFile: "/proc/\(tunneld.pid)/status", encoding: .utf8)
+        XCTAssertTrue(status.contains("NoNewPrivs:\t1"), status)
     }
 }
 
