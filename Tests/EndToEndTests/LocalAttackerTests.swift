@@ -263,6 +263,29 @@ final class LocalAttackerTests: SSHTestCase {
         let status = try String(contentsOfFile: "/proc/\(tunneld.pid)/status", encoding: .utf8)
         XCTAssertTrue(status.contains("NoNewPrivs:\t1"), status)
     }
+
+    // MARK: host keys
+
+    /// known_hosts with the server's right ECDSA key first and a wrong Ed25519 key after it:
+    /// the server offers Ed25519 too, so, as with OpenSSH, that is a changed host key.
+    func test09_ARightKeyOfOneTypeDoesNotHideAWrongKeyOfAnother() throws {
+        let keys = ScratchDirectory("hostkeys")
+        let ecdsa = keys.file("host_ecdsa")
+        _ = try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ecdsa", "-N", "", "-f", ecdsa])
+        let server = try SSHServer(extraConfig: "HostKey \(ecdsa)")
+        let right = try String(contentsOfFile: ecdsa + ".pub", encoding: .utf8).split(separator: " ")
+        let wrong = "AAAAC3NzaC1lZDI1NTE5AAAAIGZha2VrZXlmYWtla2V5ZmFrZWtleWZha2VrZXlmYWs="
+        let name = "[127.0.0.1]:\(server.port)"
+        server.directory.write("known_hosts", "\(name) \(right[0]) \(right[1])\n\(name) ssh-ed25519 \(wrong)\n")
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["echo": stanza("echo", port: port, via: server, target: echo.port)])
+        let fd = try TCP.connect(port: port)
+        defer { close(fd) }
+        XCTAssertEqual(try TCP.readAll(fd), [], "refused")
+        XCTAssertTrue(tunneld.waitForLog("HOST KEY CHANGED", timeout: 5), tunneld.log)
+        XCTAssertTrue(tunneld.log.contains("\(server.knownHosts):2"), "names the Ed25519 line: \(tunneld.log)")
+        XCTAssertEqual(echo.connectionCount, 0)
+    }
 }
 
 /// A flag one thread sets and others read.
