@@ -101,7 +101,9 @@ final class SocksGate: @unchecked Sendable {
                 connection.finish(.access("\(target) is not in permit"), logger: logger)
                 return true
             }
+            // Bytes that came with the request go up like any others, and count as such.
             leftover.withUnsafeBytes { connection.toServer.store($0) }
+            connection.bytesUp += leftover.count
             connection.isSocksReplyOwed = true
             pool.dispatch(connection)
             return true

@@ -244,8 +244,9 @@ final class LocalAttackerTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("gro.elpmaxe\\u{202e}.www", timeout: 2), tunneld.log)
         XCTAssertFalse(tunneld.log.unicodeScalars.contains("\u{202E}"), "no raw bidi control in the log")
         XCTAssertEqual(sshd.acceptedLogins, 0, "no SSH session for any of them")
-        // The address itself passes.
+        // The address itself passes; the bytes sent with the request count in bytes.up.
         XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("hi".utf8)).suffix(2), Array("hi".utf8), tunneld.log)
+        XCTAssertTrue(tunneld.waitForLog("bytes.down=2 bytes.up=2", timeout: 3), tunneld.log)
     }
 
     // MARK: privileges
