@@ -1,5 +1,3 @@
-import Glibc
-
 /// The validated description of one service: what `tunneld` listens on and where it tunnels to.
 ///
 /// Values here are final: defaults are applied, names are resolved to numbers, and the
@@ -220,7 +218,7 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         if pattern.allSatisfy({ $0 == "*" }) { return .any }
         if let slash = pattern.firstIndex(of: "/") {
             guard let length = Int(pattern[pattern.index(after: slash)...]),
-                  let address = HostLiteral.bytes(of: String(pattern[..<slash])),
+                  let address = HostSyntax.bytes(of: String(pattern[..<slash])),
                   (0...address.count * 8).contains(length) else { return nil }
             return .network(address: address, prefixLength: length)
         }
@@ -248,16 +246,16 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
     /// or a name as the client sent it.
     public func allows(host candidate: String, port candidatePort: UInt16) -> Bool {
         if let port, port != candidatePort { return false }
-        let literal = HostLiteral.bytes(of: candidate)
+        let literal = HostSyntax.bytes(of: candidate)
         switch kind {
         case .any:
             return true
         case .addressPattern:
             guard let literal else { return false }
-            return Self.wildcard(Array(HostLiteral.text(of: literal)), Array(host))
+            return Self.wildcard(Array(HostSyntax.text(of: literal)), Array(host))
         case .network(let network, let length):
             guard let literal, literal.count == network.count else { return false }
-            return HostLiteral.prefix(network, literal, length)
+            return HostSyntax.prefix(network, literal, length)
         case .name:
             guard literal == nil else { return false }
             return Self.wildcard(Array(candidate.lowercased()), Array(host))
@@ -289,42 +287,6 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         }
         while p < pattern.count && pattern[p] == "*" { p += 1 }
         return p == pattern.count
-    }
-}
-
-/// IPv4 and IPv6 address literals as bytes and back, with inet_pton and inet_ntop.
-public enum HostLiteral {
-    /// The bytes of an address literal (4 or 16), or nil when `text` is not one.
-    public static func bytes(of text: String) -> [UInt8]? {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 {
-            return withUnsafeBytes(of: &v4) { Array($0) }
-        }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 {
-            return withUnsafeBytes(of: &v6) { Array($0) }
-        }
-        return nil
-    }
-
-    /// The canonical text of an address: dotted IPv4, IPv6 as inet_ntop writes it.
-    public static func text(of bytes: [UInt8]) -> String {
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        let family = bytes.count == 4 ? AF_INET : AF_INET6
-        _ = bytes.withUnsafeBytes { inet_ntop(family, $0.baseAddress, &buffer, socklen_t(buffer.count)) }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// Whether the first `length` bits of `a` and `b` agree.
-    public static func prefix(_ a: [UInt8], _ b: [UInt8], _ length: Int) -> Bool {
-        var bits = length
-        for (x, y) in zip(a, b) where bits > 0 {
-            let take = min(8, bits)
-            let mask = UInt8(truncatingIfNeeded: 0xff << (8 - take))
-            if x & mask != y & mask { return false }
-            bits -= take
-        }
-        return true
     }
 }
 

@@ -248,7 +248,7 @@ struct SocksHandshake: Sendable {
             guard !name.unicodeScalars.contains(where: ControlCharacters.isControl) else {
                 return refused(.generalFailure, "the client asks for '\(name)', which contains a control character")
             }
-            guard Self.isHostName(name) else {
+            guard HostSyntax.isHostName(name) else {
                 return refused(.generalFailure, "the client asks for '\(name)', which is not a host name (letters, digits, -, _ and dots)")
             }
             address = .domain(name)
@@ -256,19 +256,6 @@ struct SocksHandshake: Sendable {
         let port = UInt16(message[portStart]) << 8 | UInt16(message[portStart + 1])
         guard port != 0 else { return refused(.generalFailure, "the client asks for port 0") }
         return .requestComplete(Target(address: address, port: port))
-    }
-
-    /// Whether a DST.ADDR domain is a host name the SSH server may resolve: ASCII letters,
-    /// digits, `-`, `_` and dots between labels of 1 to 63 bytes (one final dot allowed); or an
-    /// IPv6 literal. Spaces and the like never reach the server's resolver.
-    static func isHostName(_ name: String) -> Bool {
-        if HostLiteral.bytes(of: name) != nil { return true }
-        let labels = (name.hasSuffix(".") ? String(name.dropLast()) : name).split(separator: ".", omittingEmptySubsequences: false)
-        guard !labels.isEmpty else { return false }
-        return labels.allSatisfy { label in
-            !label.isEmpty && label.utf8.count <= 63
-                && label.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "_") }
-        }
     }
 
     /// A refused request, answered with `code`.

@@ -1,5 +1,6 @@
 import XCTest
 @testable import TunnelCore
+import TunnelConfig
 
 /// The SOCKS5 handshake byte for byte: what a client sends, what tunneld answers, what it
 /// connects to, and what it refuses and why.
@@ -319,7 +320,7 @@ final class SocksHandshakeTests: XCTestCase {
             XCTAssertTrue(reason.contains("which is not a host name"), reason)
         }
         for name in ["example.org", "example.org.", "mail_relay-2.example.org", "10.9.8.7", "2001:db8::1"] {
-            XCTAssertTrue(SocksHandshake.isHostName(name), name)
+            XCTAssertTrue(HostSyntax.isHostName(name), name)
         }
     }
 }
