@@ -265,6 +265,27 @@ final class LocalAttackerTests: SSHTestCase {
         XCTAssertTrue(status.contains("NoNewPrivs:\t1"), status)
     }
 
+    /// A metrics port below 1024 is bound before the switch to run_as, so it works.
+    func test10_AMetricsPortBelow1024WorksWithRunAs() throws {
+        try XCTSkipIf(geteuid() != 0, "only root binds a port below 1024")
+        let low = try XCTUnwrap((900..<1000).map(UInt16.init).first { port in
+            guard let (fd, _) = try? TCP.listen(port: port) else { return false }
+            close(fd)
+            return true
+        }, "no free port below 1024")
+        let scratch = ScratchDirectory("lowmetrics")
+        chmod(scratch.path, 0o755)
+        let tunneld = try TunneldProcess(stanzas: [
+            "00-defaults": "defaults { run_as = nobody\n metrics = 127.0.0.1:\(low)\n control_socket = \(scratch.file("run/control.sock")) }\n",
+            "a": "service a { port = \(TCP.freePort())\n server = 127.0.0.1\n server_args = localhost 25 }\n",
+        ])
+        XCTAssertTrue(tunneld.log.contains("switched to run_as account"), tunneld.log)
+        XCTAssertFalse(tunneld.log.contains("cannot serve metrics"), tunneld.log)
+        let scrape = try runProgram("/usr/bin/curl", ["-sS", "-m", "2", "http://127.0.0.1:\(low)/metrics"], timeout: 10)
+        XCTAssertEqual(scrape.status, 0, scrape.error + tunneld.log)
+        XCTAssertTrue(scrape.output.contains("tunneld_connections_total"), scrape.output)
+    }
+
     // MARK: host keys
 
     /// known_hosts with the server's right ECDSA key first and a wrong Ed25519 key after it:
