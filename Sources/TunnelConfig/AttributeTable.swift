@@ -27,7 +27,7 @@ enum AttributeTable {
 
     /// Settings of the daemon as a whole; `defaults` only.
     static let global: [String: Kind] = [
-        "control_socket": .single, "run_as": .single, "log_level": .single, "shutdown_timeout": .single,
+        "control_socket": .single, "control_group": .single, "run_as": .single, "log_level": .single, "shutdown_timeout": .single,
         "max_connections": .single, "metrics": .single,
     ]
 

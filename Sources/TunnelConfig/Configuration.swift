@@ -1,3 +1,5 @@
+import Glibc
+
 /// Everything read from a configuration path: the services to run, the global settings,
 /// and every problem found on the way.
 public struct Configuration: Sendable {
@@ -26,12 +28,21 @@ public struct Configuration: Sendable {
 
     /// Whether any diagnostic is an error.
     public var hasErrors: Bool { diagnostics.contains { $0.severity == .error } }
+
+    /// Whether any error is more than a refused file: a reload skips files it cannot trust
+    /// and loads the others, as a start does, but refuses a configuration with other errors.
+    public var hasErrorsBeyondRefusedFiles: Bool {
+        diagnostics.contains { $0.severity == .error && !$0.refusesFile }
+    }
 }
 
 /// Settings that only make sense once per daemon; they live in `defaults { }`.
 public struct GlobalSettings: Sendable, Equatable {
     /// Path of the control socket; `nil` means the platform default.
     public var controlSocket: String?
+    /// Group that gets the control socket (and a metrics socket), mode 0660: `control_group`,
+    /// else run_as's primary group when no other account has it; nil: mode 0600, root's alone.
+    public var controlGroup: gid_t?
     /// Account to switch to after binding, when started as root.
     public var runAs: String?
     /// Log level name (`trace`, `debug`, `info`, `notice`, `warning`, `error`).
@@ -42,6 +53,8 @@ public struct GlobalSettings: Sendable, Equatable {
     public var maxConnections: Int?
     /// Where to serve Prometheus metrics over HTTP (`metrics = [HOST:]PORT`), if anywhere.
     public var metrics: Endpoint?
+    /// Where to serve them on a Unix socket instead (`metrics = unix:PATH`), if there.
+    public var metricsSocket: String?
     /// Who besides loopback clients may read the metrics: the `only_from` of `defaults`.
     public var metricsOnlyFrom: [AddressMatch] = []
     /// Where lines that name no service go: the `log_type` of `defaults`, if any.
@@ -70,8 +83,12 @@ public struct Diagnostic: Sendable, Equatable, CustomStringConvertible {
     public var service: String?
     /// What is wrong and what to do, as one sentence.
     public var message: String
+    /// Whether the error is a file refused because another account could write it: the
+    /// file is skipped and the others are used.
+    public var refusesFile: Bool
 
-    public init(_ severity: Severity, at location: SourceLocation?, service: String? = nil, _ message: String) {
+    public init(_ severity: Severity, at location: SourceLocation?, service: String? = nil, _ message: String, refusesFile: Bool = false) {
+        self.refusesFile = refusesFile
         self.severity = severity
         self.location = location
         self.service = service

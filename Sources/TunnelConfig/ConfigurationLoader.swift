@@ -17,6 +17,8 @@ public struct ConfigurationLoader: Sendable {
         public var agentSocket: String?
         public var servicesFile: String
         public var passwordFile: String
+        /// The group file, for `control_group`.
+        public var groupFile: String
         /// Matches hashed known_hosts names when `--check` looks for a server's key.
         public var hostNameHasher: HostNameHasher?
         /// OpenSSH's ssh, which resolves Host aliases for `ssh_config` (`ssh -G`).
@@ -24,12 +26,20 @@ public struct ConfigurationLoader: Sendable {
         /// The home whose `~/.ssh/config` `ssh_config = yes` reads, and with which `~` in it is
         /// expanded: `$HOME` (Foundation ignores it for root), or run_as's home.
         public var sshConfigHome: String
+        /// Whose configuration files are trusted: root's, and the account tunneld runs as.
+        public var trust: PathTrust
+        /// Whose key, passphrase and password files are trusted: besides `trust`, the
+        /// `run_as` account that reads them after the switch.
+        public var keyTrust: PathTrust
 
         public init(
             userName: String, homeDirectory: String, agentSocket: String?,
-            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd",
-            hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil
+            servicesFile: String = "/etc/services", passwordFile: String = "/etc/passwd", groupFile: String = "/etc/group",
+            hostNameHasher: HostNameHasher? = nil, sshProgram: String = "/usr/bin/ssh", sshConfigHome: String? = nil,
+            trust: PathTrust = .current
         ) {
+            self.trust = trust
+            self.keyTrust = trust
             self.hostNameHasher = hostNameHasher
             self.sshProgram = sshProgram
             self.sshConfigHome = sshConfigHome ?? homeDirectory
@@ -38,6 +48,7 @@ public struct ConfigurationLoader: Sendable {
             self.agentSocket = agentSocket
             self.servicesFile = servicesFile
             self.passwordFile = passwordFile
+            self.groupFile = groupFile
         }
 
         /// The home directory of a local account, from the password file.
@@ -46,6 +57,31 @@ public struct ConfigurationLoader: Sendable {
             for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
                 let fields = line.split(separator: ":", omittingEmptySubsequences: false)
                 if fields.count >= 6, fields[0] == account { return String(fields[5]) }
+            }
+            return nil
+        }
+
+        /// The user id of a local account, from the password file.
+        public func userID(of account: String) -> uid_t? {
+            accounts().first { $0.name == account }?.uid
+        }
+
+        /// Every account of the password file: name, user id, primary group id.
+        func accounts() -> [(name: String, uid: uid_t, gid: gid_t)] {
+            guard let data = FileManager.default.contents(atPath: passwordFile) else { return [] }
+            return String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).compactMap { line in
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                guard fields.count >= 6, let uid = uid_t(fields[2]), let gid = gid_t(fields[3]) else { return nil }
+                return (String(fields[0]), uid, gid)
+            }
+        }
+
+        /// The id of a local group, from the group file (a number is taken as it is).
+        func groupID(of group: String) -> gid_t? {
+            guard let data = FileManager.default.contents(atPath: groupFile) else { return nil }
+            for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
+                let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+                if fields.count >= 3, fields[0] == group { return gid_t(fields[2]) }
             }
             return nil
         }
@@ -64,13 +100,15 @@ public struct ConfigurationLoader: Sendable {
 
     /// Loads `path`. Never throws: every problem becomes a located diagnostic.
     public func load(path: String) -> Configuration {
-        var reader = Reader()
+        var reader = Reader(trust: environment.trust)
         reader.read(path: path, from: nil, depth: 0)
         return assemble(reader)
     }
 
     /// Collects items from files, following includes.
     private struct Reader {
+        /// Whose files and directories may be read.
+        let trust: PathTrust
         var items: [(item: Item, file: String)] = []
         var diagnostics: [Diagnostic] = []
         var skipped: [String] = []
@@ -96,6 +134,10 @@ public struct ConfigurationLoader: Sendable {
             let canonical = PathText.canonical(path)
             guard !visiting.contains(canonical) else {
                 diagnostics.append(Diagnostic(.error, at: place, "includedir \(written ?? path) includes \(canonical), which is already being read (a loop); remove the includedir"))
+                return
+            }
+            if let problem = trust.problem(with: path) {
+                diagnostics.append(Diagnostic(.error, at: place, problem, refusesFile: true))
                 return
             }
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
@@ -134,6 +176,10 @@ public struct ConfigurationLoader: Sendable {
                 return
             }
             alreadyRead.insert(canonical)
+            if let problem = trust.problem(with: path) {
+                diagnostics.append(Diagnostic(.error, at: place, problem, refusesFile: true))
+                return
+            }
             guard let data = FilePrefix.read(path, atMost: ConfigurationLoader.maximumFileSize + 1) else {
                 diagnostics.append(Diagnostic(.error, at: place, "cannot read \(path); check its permissions"))
                 return
@@ -218,6 +264,9 @@ public struct ConfigurationLoader: Sendable {
             serviceEnvironment.homeDirectory = home
             serviceEnvironment.sshConfigHome = home
             serviceEnvironment.agentSocket = nil
+            if let uid = environment.userID(of: account) {
+                serviceEnvironment.keyTrust.owners.insert(uid)
+            }
         }
 
         var seen: [String: SourceLocation] = [:]
@@ -278,11 +327,13 @@ public struct ConfigurationLoader: Sendable {
         settings.controlSocket = one("control_socket")
         if let account = one("run_as") {
             if environment.homeDirectory(of: account) == nil {
-                diagnostics.append(Diagnostic(.error, at: place("run_as"), "run_as \(account) is not an account on this machine; create it (adduser --system \(account)) or fix the name"))
+                diagnostics.append(Diagnostic(.error, at: place("run_as"), "run_as \(account) is not an account on this machine; create it (adduser --system --group \(account)) or fix the name"))
             } else {
                 settings.runAs = account
             }
         }
+        let controlGroup = one("control_group")
+        resolveControlGroup(&settings, named: controlGroup, place: place, diagnostics: &diagnostics)
         if let level = one("log_level") {
             let known = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
             if known.contains(level.lowercased()) {
@@ -291,7 +342,15 @@ public struct ConfigurationLoader: Sendable {
                 diagnostics.append(Diagnostic(.error, at: place("log_level"), "log_level \(level) is not one of \(known.joined(separator: ", "))"))
             }
         }
-        if let text = one("metrics") {
+        let metricsText = one("metrics")
+        if let text = metricsText, text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            if path.hasPrefix("/") {
+                settings.metricsSocket = path
+            } else {
+                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' needs an absolute path after unix:; write e.g. metrics = unix:/run/tunneld/metrics.sock"))
+            }
+        } else if let text = metricsText {
             var host = "127.0.0.1"
             var portText = Substring(text)
             if let colon = text.lastIndex(of: ":") {
@@ -302,7 +361,7 @@ public struct ConfigurationLoader: Sendable {
             if let port = UInt16(portText), port > 0, let listen = ServiceBuilder.listenHost(host) {
                 settings.metrics = Endpoint(host: listen, port: port)
             } else {
-                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' is not [HOST:]PORT; write e.g. metrics = 127.0.0.1:9108"))
+                diagnostics.append(Diagnostic(.error, at: place("metrics"), "metrics '\(text)' is not [HOST:]PORT or unix:PATH; write e.g. metrics = 127.0.0.1:9108"))
             }
         }
         if let text = one("max_connections") {
@@ -318,6 +377,49 @@ public struct ConfigurationLoader: Sendable {
             }
         }
         return settings
+    }
+}
+
+extension ConfigurationLoader {
+    /// The group that gets the control socket (mode 0660): `control_group`, else run_as's
+    /// primary group; none (mode 0600, root's alone) when other accounts have that group as
+    /// their primary group (`nogroup`, `users`), since they could then ask for status and
+    /// reconnect: that is an error naming the fixes.
+    private func resolveControlGroup(
+        _ settings: inout GlobalSettings, named controlGroup: String?, place: (String) -> SourceLocation?, diagnostics: inout [Diagnostic]
+    ) {
+        let accounts = environment.accounts()
+        var group: gid_t?
+        var location = place("run_as")
+        if let name = controlGroup {
+            location = place("control_group")
+            guard let gid = environment.groupID(of: name) else {
+                diagnostics.append(Diagnostic(.error, at: location, "control_group \(name) is not a group on this machine; create it (addgroup --system \(name)) or fix the name"))
+                return
+            }
+            group = gid
+        } else if let account = settings.runAs {
+            group = accounts.first { $0.name == account }?.gid
+        }
+        guard let group else { return }
+        let sharing = accounts.filter { $0.gid == group && $0.name != settings.runAs }.map(\.name)
+        guard sharing.isEmpty else {
+            let groupName = groupName(of: group)
+            let who = sharing.prefix(3).joined(separator: ", ") + (sharing.count > 3 ? " and \(sharing.count - 3) more" : "")
+            let account = settings.runAs ?? "tunneld"
+            diagnostics.append(Diagnostic(.error, at: location, "the control socket's group \(groupName) is the primary group of \(who) too, who could then run tunneld status and reconnect; the socket stays root's alone (mode 0600): give run_as a group of its own (adduser --system --group \(account)) or set control_group = GROUP in defaults to a group of its own"))
+            return
+        }
+        settings.controlGroup = group
+    }
+
+    private func groupName(of gid: gid_t) -> String {
+        guard let data = FileManager.default.contents(atPath: environment.groupFile) else { return "\(gid)" }
+        for line in String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline) {
+            let fields = line.split(separator: ":", omittingEmptySubsequences: false)
+            if fields.count >= 3, gid_t(fields[2]) == gid { return String(fields[0]) }
+        }
+        return "\(gid)"
     }
 }
 

@@ -23,8 +23,11 @@ public enum ControlCharacters {
         return result
     }
 
-    /// C0 and C1 controls, DEL, and the line and paragraph separators.
+    /// C0 and C1 controls, DEL, the line and paragraph separators, and the bidirectional
+    /// embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069), which can make a
+    /// logged name read backwards ("Trojan Source").
     public static func isControl(_ scalar: Unicode.Scalar) -> Bool {
         scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029
+            || (0x202a...0x202e).contains(scalar.value) || (0x2066...0x2069).contains(scalar.value)
     }
 }

@@ -29,4 +29,22 @@ public enum FuzzTargets {
         let known = hosts.keys(forHost: "bastion.example.org", port: 2222)
         _ = KnownHosts.verdict(keyType: "ssh-ed25519", key: [1, 2, 3], known: known)
     }
+
+    /// `permit` patterns (the words of the first line) and the hosts a SOCKS client may name
+    /// (each further line): every pattern parsed, every host checked as a name and against
+    /// every rule.
+    public static func permits(_ bytes: [UInt8]) {
+        guard bytes.count < 1 << 16, let text = String(validating: bytes, as: UTF8.self) else { return }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let rules = (lines.first ?? "").split(separator: " ").compactMap { PermitRule(String($0)) }
+        for host in lines.dropFirst() {
+            _ = HostSyntax.isHostName(host)
+            if let literal = HostSyntax.bytes(of: host) { _ = HostSyntax.text(of: literal) }
+            for rule in rules {
+                _ = rule.allows(host: host, port: 443)
+                _ = rule.mixesAddressAndName
+                _ = rule.description
+            }
+        }
+    }
 }

@@ -57,10 +57,20 @@ public struct KnownHosts: Sendable {
         return entries
     }
 
-    /// The keys recorded for `host` at `port`, in file order.
+    /// OpenSSH's preference among host key types: the server is asked for the known types in
+    /// this order, not in file order, so that a wrong key of a preferred type that the server
+    /// offers is seen (HOST KEY CHANGED) even when a right key of another type is listed first.
+    static let typePreference = [
+        "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa",
+    ]
+
+    /// The keys recorded for `host` at `port`: by OpenSSH's preference of their type, then
+    /// in file order.
     public func keys(forHost host: String, port: UInt16) -> [KnownHostKey] {
         let name = Self.lookupName(host: host, port: port)
-        return entries.filter { Self.matches(name, patterns: $0.patterns, hasher: hasher) }.map(\.key)
+        let keys = entries.filter { Self.matches(name, patterns: $0.patterns, hasher: hasher) }.map(\.key)
+        func rank(_ key: KnownHostKey) -> Int { Self.typePreference.firstIndex(of: key.keyType) ?? Self.typePreference.count }
+        return keys.enumerated().sorted { rank($0.element) == rank($1.element) ? $0.offset < $1.offset : rank($0.element) < rank($1.element) }.map(\.element)
     }
 
     /// What known_hosts says about the key a server showed.
@@ -80,6 +90,7 @@ public struct KnownHosts: Sendable {
         let matches = known.filter { $0.keyType == keyType && $0.key == key }
         if let revoked = matches.first(where: \.isRevoked) { return .revoked(revoked.location) }
         if let match = matches.first { return .known(match.location) }
+        if let sameType = known.first(where: { !$0.isRevoked && $0.keyType == keyType }) { return .changed(sameType.location) }
         if let previous = known.first(where: { !$0.isRevoked }) { return .changed(previous.location) }
         return .unknown
     }

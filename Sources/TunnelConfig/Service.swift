@@ -178,13 +178,32 @@ public enum AddressMatch: Sendable, Hashable {
 /// The identity of an SSH session that services may share: their route.
 public typealias SessionKey = Route
 
-/// One `permit` entry of a SOCKS service: a host pattern (`*` and `?` match, case-insensitive)
-/// and a port, or `*` for any port.
+/// One `permit` entry of a SOCKS service: a host pattern and a port, or `*` for any port.
+///
+/// A pattern is of one kind and matches only requests of that kind, so that a name can never
+/// pass an address rule (`10.9.8.7.attacker.example` and `10.9.8.*`) nor an address a name
+/// rule: an address pattern (IPv4 digits and dots, or IPv6 with colons, with `*` and `?`, or a
+/// CIDR block `10.9.8.0/24`, `[2001:db8::/32]`) matches address literals only, compared in
+/// canonical form; a name pattern (OpenSSH's `*` and `?`, case-insensitive) matches names
+/// only. A pattern of `*` alone matches any host.
 public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
+    /// What a host pattern matches.
+    public enum Kind: Sendable, Hashable {
+        /// Any host: the pattern is `*`.
+        case any
+        /// Address literals, by wildcard on their canonical text.
+        case addressPattern
+        /// Address literals inside a block.
+        case network(address: [UInt8], prefixLength: Int)
+        /// Host names.
+        case name
+    }
+
     public var host: String
     public var port: UInt16?
+    public var kind: Kind
 
-    /// Parses `HOST:PORT`, `[IPv6]:PORT`; PORT may be `*`.
+    /// Parses `HOST:PORT`, `[IPv6]:PORT`, `CIDR:PORT`, `[IPv6/LEN]:PORT`; PORT may be `*`.
     public init?(_ text: String) {
         var hostPart: Substring
         var portPart: Substring
@@ -207,12 +226,58 @@ public struct PermitRule: Sendable, Hashable, CustomStringConvertible {
         } else {
             return nil
         }
+        guard let kind = Self.kind(of: host) else { return nil }
+        self.kind = kind
     }
 
-    /// Whether a client may reach `host`:`port` by this rule.
+    /// The kind of a host pattern, or nil when it is neither a name nor an address pattern
+    /// (a bad CIDR block, characters no host has).
+    static func kind(of pattern: String) -> Kind? {
+        if pattern.allSatisfy({ $0 == "*" }) { return .any }
+        if let slash = pattern.firstIndex(of: "/") {
+            guard let length = Int(pattern[pattern.index(after: slash)...]),
+                  let address = HostSyntax.bytes(of: String(pattern[..<slash])),
+                  (0...address.count * 8).contains(length) else { return nil }
+            return .network(address: address, prefixLength: length)
+        }
+        let wild: Set<Character> = ["*", "?"]
+        if pattern.contains(":") {
+            let allowed = Set("0123456789abcdef:.").union(wild)
+            return pattern.allSatisfy(allowed.contains) ? .addressPattern : nil
+        }
+        if pattern.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == "." || wild.contains($0)) }) {
+            return .addressPattern
+        }
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-_.").union(wild)
+        return pattern.allSatisfy(allowed.contains) ? .name : nil
+    }
+
+    /// Whether a name pattern also looks like an address (`10.9.8.*.example.org`), a sign
+    /// that it was meant as one: `--check` warns.
+    public var mixesAddressAndName: Bool {
+        guard kind == .name else { return false }
+        let labels = host.split(separator: ".")
+        return labels.contains { label in label.allSatisfy(\.isNumber) } && labels.contains { label in label.contains { $0.isLetter } }
+    }
+
+    /// Whether a client may reach `host`:`port` by this rule; `host` is an address literal
+    /// or a name as the client sent it.
     public func allows(host candidate: String, port candidatePort: UInt16) -> Bool {
         if let port, port != candidatePort { return false }
-        return Self.wildcard(Array(candidate.lowercased()), Array(host))
+        let literal = HostSyntax.bytes(of: candidate)
+        switch kind {
+        case .any:
+            return true
+        case .addressPattern:
+            guard let literal else { return false }
+            return Self.wildcard(Array(HostSyntax.text(of: literal)), Array(host))
+        case .network(let network, let length):
+            guard let literal, literal.count == network.count else { return false }
+            return HostSyntax.prefix(network, literal, length)
+        case .name:
+            guard literal == nil else { return false }
+            return Self.wildcard(Array(candidate.lowercased()), Array(host))
+        }
     }
 
     public var description: String {

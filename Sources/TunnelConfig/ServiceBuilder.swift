@@ -152,8 +152,11 @@ struct ServiceBuilder {
         for word in words {
             if let rule = PermitRule(word) {
                 rules.append(rule)
+                if rule.mixesAddressAndName {
+                    warning("permit", "permit '\(word)' is a name pattern that looks like an address; it matches host names only, never an address literal: write an address pattern (10.9.8.*, 10.9.8.0/24) or a name pattern (*.example.org)")
+                }
             } else {
-                error("permit", "permit '\(word)' is not HOST:PORT; write e.g. permit = mail.example.org:25 *.example.org:443 [2001:db8::1]:* (* matches any)")
+                error("permit", "permit '\(word)' is not HOST:PORT; write e.g. permit = mail.example.org:25 *.example.org:443 10.9.8.0/24:* [2001:db8::1]:* (* matches any)")
             }
         }
         return rules
@@ -368,7 +371,7 @@ struct ServiceBuilder {
                 error("identity", "identity \(path) does not exist; create a key with ssh-keygen -t ed25519 -f \(path), or fix the path")
                 continue
             }
-            if let problem = PrivateFile.problem(path, attribute: "identity") {
+            if let problem = PrivateFile.problem(path, attribute: "identity", trust: environment.keyTrust) {
                 error("identity", problem)
                 continue
             }
@@ -388,8 +391,16 @@ struct ServiceBuilder {
             error(attribute, "\(attribute) \(path) does not exist")
             return
         }
-        if let problem = PrivateFile.problem(path, attribute: attribute) {
+        if let problem = PrivateFile.problem(path, attribute: attribute, trust: environment.keyTrust) {
             error(attribute, problem)
+            return
+        }
+        if attribute == "password_file" {
+            do {
+                _ = try PrivateFile.readSecret(path, attribute: attribute, trust: environment.keyTrust)
+            } catch let problem as FileProblem {
+                error(attribute, problem.description)
+            } catch {}
         }
     }
 

@@ -379,29 +379,49 @@ final class InstallTests: XCTestCase {
     }
 
     /// Started as root with run_as, the daemon makes its control socket before the switch:
-    /// root's, in run_as's group, mode 0660, so that group's members ask for status and others
-    /// cannot.
+    /// root's, in a group of its own (`control_group`), mode 0660, so that group's members ask
+    /// for status and others cannot. run_as = nobody alone would give it to nogroup, the
+    /// primary group of other accounts too: refused, the socket stays root's (issue 22).
     func testTheControlSocketBelongsToTheRunAsGroup() throws {
         try XCTSkipIf(geteuid() != 0, "needs root to start tunneld with run_as")
-        let account = try XCTUnwrap(getpwnam("nobody"), "no nobody account")
-        let gid = account.pointee.pw_gid
         let stranger = try XCTUnwrap(getpwnam("daemon"), "no daemon account")
+        let groupName = "tdl-sec-\(getpid() % 100_000)"
+        let added = try runProgram("/usr/sbin/groupadd", ["--system", groupName])
+        try XCTSkipIf(added.status != 0, "groupadd failed: \(added.error)")
+        defer { _ = try? runProgram("/usr/sbin/groupdel", [groupName]) }
+        let gid = try XCTUnwrap(getgrnam(groupName)).pointee.gr_gid
         XCTAssertNotEqual(stranger.pointee.pw_gid, gid)
         let scratch = ScratchDirectory("runas")
         chmod(scratch.path, 0o755)
         let socket = scratch.file("run/control.sock")
-        let tunneld = try TunneldProcess(stanzas: [
+
+        let shared = try TunneldProcess(stanzas: [
             "00-defaults": "defaults { run_as = nobody\n control_socket = \(socket) }\n",
             "a": "service a { port = \(TCP.freePort())\n server = 127.0.0.1\n server_args = localhost 25 }\n",
         ])
-        XCTAssertTrue(tunneld.log.contains("switched to run_as account"), tunneld.log)
+        XCTAssertTrue(shared.log.contains("the control socket's group nogroup is the primary group of"), shared.log)
+        XCTAssertTrue(shared.log.contains("control_group = GROUP"), shared.log)
         var info = stat()
+        XCTAssertEqual(stat(socket, &info), 0, "no control socket at \(socket)")
+        XCTAssertEqual(info.st_gid, 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600, "root's alone")
+        let nobody = try runProgram("/usr/bin/setpriv", ["--reuid=nobody", "--regid=nogroup", "--clear-groups", TunneldProcess.binary, "status", "--socket", socket])
+        XCTAssertEqual(nobody.status, 1, nobody.output)
+        XCTAssertEqual(shared.terminate(), 0)
+
+        let tunneld = try TunneldProcess(stanzas: [
+            "00-defaults": "defaults { run_as = nobody\n control_group = \(groupName)\n control_socket = \(socket) }\n",
+            "a": "service a { port = \(TCP.freePort())\n server = 127.0.0.1\n server_args = localhost 25 }\n",
+        ])
+        XCTAssertTrue(tunneld.log.contains("switched to run_as account"), tunneld.log)
         XCTAssertEqual(stat(socket, &info), 0, "no control socket at \(socket)")
         XCTAssertEqual(info.st_uid, 0)
         XCTAssertEqual(info.st_gid, gid)
         XCTAssertEqual(info.st_mode & 0o777, 0o660)
+        XCTAssertEqual(stat(scratch.file("run"), &info), 0)
+        XCTAssertEqual(info.st_uid, 0, "the socket's directory is never given to run_as")
 
-        let member = try runProgram("/usr/bin/setpriv", ["--reuid=nobody", "--regid=\(gid)", "--clear-groups", TunneldProcess.binary, "status", "--socket", socket])
+        let member = try runProgram("/usr/bin/setpriv", ["--reuid=daemon", "--regid=\(gid)", "--clear-groups", TunneldProcess.binary, "status", "--socket", socket])
         XCTAssertEqual(member.status, 0, member.error)
         XCTAssertTrue(member.output.contains("SERVICE"), member.output)
         let other = try runProgram("/usr/bin/setpriv", ["--reuid=daemon", "--regid=\(stranger.pointee.pw_gid)", "--clear-groups", TunneldProcess.binary, "status", "--socket", socket])

@@ -204,10 +204,12 @@ final class AttributeTests: XCTestCase {
     }
 
     func testPasswordFileHoldsOneLine() throws {
-        for (content, password) in [("pw\n", "pw"), ("pw\r\n", "pw"), ("pw", "pw"), ("pw \n\n", "pw \n"), ("", "")] {
+        for (content, password) in [("pw\n", "pw"), ("pw\r\n", "pw"), ("pw", "pw"), ("pw \n", "pw "), ("", "")] {
             let path = fixture.write("pw", content, mode: 0o600)
             XCTAssertEqual(try PrivateFile.readSecret(path, attribute: "password_file"), password, content.debugDescription)
         }
+        // A second line (issue 22): a password file is one line, so a key file given by mistake is refused.
+        XCTAssertThrowsError(try PrivateFile.readSecret(fixture.write("pw", "pw \n\n", mode: 0o600), attribute: "password_file"))
         let open = fixture.write("open", "pw\n", mode: 0o644)
         XCTAssertThrowsError(try PrivateFile.readSecret(open, attribute: "password_file")) { error in
             XCTAssertEqual("\(error)", "password_file \(open) is readable by group or others; chmod 600 \(open)")

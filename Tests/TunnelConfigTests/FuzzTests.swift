@@ -67,7 +67,7 @@ final class FuzzTests: XCTestCase {
         // Tests/Fuzz holds the seed corpus of .ci/sanitizers fuzz, and any input that once failed.
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz")
         var replayed = 0
-        for (directory, target) in [("stanzas", FuzzTargets.stanzas), ("known_hosts", FuzzTargets.knownHosts)] {
+        for (directory, target) in [("stanzas", FuzzTargets.stanzas), ("known_hosts", FuzzTargets.knownHosts), ("permits", FuzzTargets.permits)] {
             let folder = root.appendingPathComponent(directory)
             for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) {
                 target([UInt8](try Data(contentsOf: folder.appendingPathComponent(name))))

@@ -56,7 +56,7 @@ final class LoaderTests: XCTestCase {
         fixture.write("conf/d", "defaults { run_as = nosuchuser }")
         let messages = fixture.messages(fixture.load())
         XCTAssertEqual(messages, [
-            "ROOT/conf/d:1: error: run_as nosuchuser is not an account on this machine; create it (adduser --system nosuchuser) or fix the name",
+            "ROOT/conf/d:1: error: run_as nosuchuser is not an account on this machine; create it (adduser --system --group nosuchuser) or fix the name",
             "ROOT/conf/a:7: warning: a: run_as applies to the whole daemon; move it into defaults { }",
         ])
     }

@@ -49,4 +49,52 @@ final class ControlSocketTests: XCTestCase {
         }
         XCTAssertEqual(ControlSocket.defaultPath(environment: [:]), "/tmp/tunneld-\(geteuid())/control.sock")
     }
+
+    // MARK: links swapped in for the socket (issue 22)
+
+    /// A root-only file that a link planted at the socket's path points to.
+    private func secret() -> String {
+        let path = root + "/secret"
+        FileManager.default.createFile(atPath: path, contents: Data("root only".utf8), attributes: [.posixPermissions: 0o600])
+        return path
+    }
+
+    func testTheSocketGetsItsModeAtBindAndItsGroupWithoutFollowingALink() throws {
+        try XCTSkipIf(geteuid() != 0, "only root can give a file to another group")
+        let directory = root + "/run"
+        mkdir(directory, 0o755)
+        let path = directory + "/control.sock"
+        let fd = try ControlSocket.bindSocketFile(path, group: 65534, owner: nil, what: "control socket")
+        defer { close(fd) }
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660, "made 0660 by bind itself: no chmod by name afterwards")
+        XCTAssertEqual(info.st_gid, 65534)
+
+        // A link another account swaps in after bind: the group goes to the link, never its target.
+        let target = secret()
+        unlink(path)
+        symlink(target, path)
+        XCTAssertNil(ControlSocket.giveGroup(path, to: 65534))
+        XCTAssertEqual(stat(target, &info), 0)
+        XCTAssertEqual(info.st_gid, 0, "the link's target keeps its group")
+        XCTAssertEqual(info.st_mode & 0o777, 0o600, "and its mode")
+    }
+
+    func testALinkPlantedAtTheSocketPathIsReplacedNotFollowed() throws {
+        let directory = root + "/run"
+        mkdir(directory, 0o755)
+        let path = directory + "/control.sock"
+        let target = secret()
+        symlink(target, path)
+        let fd = try ControlSocket.bindSocketFile(path, group: nil, owner: nil, what: "control socket")
+        defer { close(fd) }
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFSOCK, "a socket now, not the link")
+        XCTAssertEqual(info.st_mode & 0o777, 0o600)
+        XCTAssertEqual(stat(target, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o600, "the target is untouched")
+        XCTAssertEqual(try String(contentsOfFile: target, encoding: .utf8), "root only")
+    }
 }

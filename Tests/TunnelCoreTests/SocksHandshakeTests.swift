@@ -1,5 +1,6 @@
 import XCTest
 @testable import TunnelCore
+import TunnelConfig
 
 /// The SOCKS5 handshake byte for byte: what a client sends, what tunneld answers, what it
 /// connects to, and what it refuses and why.
@@ -213,12 +214,12 @@ final class SocksHandshakeTests: XCTestCase {
     }
 
     func testADomainWithANULOrAControlCharacterIsAGeneralFailure() {
-        let reason = "the domain name the client asks for contains a control character"
         let generalFailure: [UInt8] = [5, 1, 0, 1, 0, 0, 0, 0, 0, 0]
-        for name in ["evil\0.example.org", "example.org\nlog line", "\u{1b}[2J", "a\u{7f}b", "a\u{85}b", "a\u{2028}b"] {
+        for name in ["evil\0.example.org", "example.org\nlog line", "\u{1b}[2J", "a\u{7f}b", "a\u{85}b", "a\u{2028}b", "a\u{202e}b"] {
             let bytes = Array(name.utf8)
+            // The name is in the reason so the log shows what was asked; the log escapes it.
             XCTAssertEqual(stepForRequest([5, 1, 0, 3, UInt8(bytes.count)] + bytes + [0, 80]),
-                           .refuse(reply: generalFailure, reason: reason), name.debugDescription)
+                           .refuse(reply: generalFailure, reason: "the client asks for '\(name)', which contains a control character"), name.debugDescription)
         }
     }
 
@@ -303,5 +304,23 @@ final class SocksHandshakeTests: XCTestCase {
         XCTAssertEqual(SocksHandshake.errorCodeForExpiredOpen, .hostUnreachable)
         XCTAssertEqual(SocksHandshake.reply(SocksHandshake.errorCode(forOpenFailure: "administratively prohibited")),
                        [5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
+    }
+
+    // MARK: names that are no host names (issue 22)
+
+    func testANameWithASpaceOrOtherNonHostCharactersIsRefusedAtOnce() {
+        for name in ["127.0.0.1 .example.org", "a..example.org", ".example.org", "ex ample", "a/b", "xn--caf\u{e9}", String(repeating: "a", count: 64) + ".org"] {
+            let bytes = Array(name.utf8)
+            let request: [UInt8] = [5, 1, 0, 3, UInt8(bytes.count)] + bytes + [0x01, 0xbb]
+            guard case .refuse(let reply, let reason) = stepForRequest(request) else {
+                XCTFail("\(name.debugDescription) was not refused")
+                continue
+            }
+            XCTAssertEqual(reply, SocksHandshake.reply(.generalFailure), name)
+            XCTAssertTrue(reason.contains("which is not a host name"), reason)
+        }
+        for name in ["example.org", "example.org.", "mail_relay-2.example.org", "10.9.8.7", "2001:db8::1"] {
+            XCTAssertTrue(HostSyntax.isHostName(name), name)
+        }
     }
 }

@@ -60,16 +60,24 @@ public final class Daemon {
         // can both ask for status. It answers once the listener and pool below exist.
         var control: ControlSocket?
         do {
-            control = try ControlSocket(path: controlPath, group: account?.gid, owner: account?.uid)
+            control = try ControlSocket(path: controlPath, group: configuration.globals.controlGroup, owner: account?.uid)
         } catch {
             logger.warning("no control socket; tunneld status will not work", metadata: ["error": "\(error)"])
         }
         defer { control?.close() }
+        // Metrics are bound before the switch too, so that a port below 1024 works.
+        let metrics = configuration.globals.metricsPlace(group: configuration.globals.controlGroup, owner: account?.uid).flatMap { place in
+            do {
+                return try MetricsListener(place: place, allowed: configuration.globals.metricsOnlyFrom, logger: logger)
+            } catch {
+                logger.error("cannot serve metrics", metadata: ["listen": "\(place)", "error": "\(error)"])
+                return nil
+            }
+        }
+        defer { metrics?.close() }
         if let account {
             do {
-                // The directory stays the run_as account's, so that it can remove the socket at exit.
-                let directory = PathText.parent(of: controlPath)
-                if directory.hasPrefix("/run/tunneld") { chown(directory, account.uid, account.gid) }
+                // The socket's directory stays root's: run_as never owns a place where root makes files.
                 try Privileges.drop(to: account.name)
                 logger.notice("switched to run_as account", metadata: ["run_as": "\(account.name)"])
             } catch {
@@ -117,16 +125,9 @@ public final class Daemon {
                 return ControlRequest.unknown(line)
             }
         }
-        if let address = configuration.globals.metrics {
-            do {
-                let metrics = try MetricsListener(address: address, allowed: configuration.globals.metricsOnlyFrom, logger: logger) {
-                    Self.status(listener: listener, pool: pool, startedAt: startedAt).prometheus()
-                }
-                metrics.start()
-                logger.info("serving metrics", metadata: ["listen": "\(address)", "path": "/metrics"])
-            } catch {
-                logger.error("cannot serve metrics", metadata: ["listen": "\(address)", "error": "\(error)"])
-            }
+        if let metrics {
+            metrics.start { Self.status(listener: listener, pool: pool, startedAt: startedAt).prometheus() }
+            logger.info("serving metrics", metadata: ["listen": "\(metrics.place)", "path": "/metrics"])
         }
         logger.notice("started", metadata: ["services": "\(endpoints.count)"])
         systemd.notify(["READY=1", "STATUS=\(statusLine(listener))"])
@@ -253,14 +254,14 @@ public final class Daemon {
     private func reload(listener: Listener, pool: SessionPool) {
         logger.notice("reloading")
         let next = reloadConfiguration()
-        if next.hasErrors {
+        if next.hasErrorsBeyondRefusedFiles {
             for diagnostic in next.diagnostics where diagnostic.severity == .error {
                 logger.error("\(diagnostic)")
             }
             logger.error("reload refused: the configuration has errors; still running the previous one")
             return
         }
-        for diagnostic in next.diagnostics { logger.warning("\(diagnostic)") }
+        for diagnostic in next.diagnostics { logger.log(level: diagnostic.severity == .error ? .error : .warning, "\(diagnostic)") }
 
         let running = Dictionary(uniqueKeysWithValues: listener.currentEndpoints.map { ($0.service.name, $0) })
         let wanted = Dictionary(next.services.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })

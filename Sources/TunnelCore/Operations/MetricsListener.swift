@@ -3,28 +3,70 @@ import Logging
 import Platform
 import TunnelConfig
 
-/// Serves `GET /metrics` over HTTP (`metrics = [HOST:]PORT` in `defaults`) with what
-/// `tunneld status --format prometheus` prints, for a Prometheus scraper. Loopback clients
-/// are admitted, others only when the `only_from` of `defaults` admits them; a client gets a
-/// second to send its request.
+/// Serves `GET /metrics` over HTTP (`metrics = [HOST:]PORT` or `metrics = unix:PATH` in
+/// `defaults`) with what `tunneld status --format prometheus` prints, for a Prometheus
+/// scraper. Loopback clients are admitted, others only when the `only_from` of `defaults`
+/// admits them; a Unix socket is mode 0600, or 0660 for run_as's group, like the control
+/// socket. Clients are served at once from one loop (`RequestServer`): each has a second to
+/// send its whole request head, and at most 64 are held.
 final class MetricsListener: @unchecked Sendable {
+    /// Where the metrics are served.
+    enum Place: Sendable, CustomStringConvertible {
+        case tcp(ListenAddress)
+        case unix(path: String, group: gid_t?, owner: uid_t?)
+
+        var description: String {
+            switch self {
+            case .tcp(let address): return "\(address)"
+            case .unix(let path, _, _): return "unix:\(path)"
+            }
+        }
+    }
+
     private let fd: Int32
+    /// Where the metrics are served.
+    let place: Place
     private let allowed: [AddressMatch]
-    private let render: @Sendable () -> String
     private let logger: Logger
 
-    /// Binds `address`; `render` makes the exposition text for each scrape.
-    init(address: ListenAddress, allowed: [AddressMatch], logger: Logger, render: @escaping @Sendable () -> String) throws {
-        fd = try Socket.listen(on: address, backlog: 16)
-        // Served by a blocking accept loop on its own thread.
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+    /// The longest request head read; a scraper's is a few hundred bytes.
+    static let maximumRequest = 4096
+
+    /// Binds `place`, before the switch to run_as so that a port below 1024 works; clients
+    /// wait in the backlog until `start(render:)`.
+    init(place: Place, allowed: [AddressMatch], logger: Logger) throws {
+        switch place {
+        case .tcp(let address):
+            fd = try Socket.listen(on: address, backlog: 128)
+        case .unix(let path, let group, let owner):
+            fd = try ControlSocket.bindSocketFile(path, group: group, owner: owner, what: "metrics socket")
+        }
+        self.place = place
         self.allowed = allowed
-        self.render = render
         self.logger = logger
     }
 
-    func start() {
-        DetachedThread.start(name: "metrics") { [self] in serve() }
+    /// Starts serving; `render` makes the exposition text for each scrape.
+    func start(render: @escaping @Sendable () -> String) {
+        let limits = RequestServer.Limits(maximumRequest: Self.maximumRequest)
+        let server = RequestServer(listening: fd, limits: limits, isWhole: Self.isWholeHead) { [allowed, logger, place] request, storage in
+            if case .tcp = place {
+                let peer = Socket.endpoint(of: storage)
+                guard Self.admits(peer.host, allowed: allowed) else {
+                    logger.warning("metrics client refused: not loopback and not in the only_from of defaults", metadata: ["peer": "\(peer)"])
+                    return nil
+                }
+            }
+            return Self.answer(request, render: render)
+        }
+        server.start(name: "metrics")
+    }
+
+    /// Stops serving; a Unix socket's file is removed.
+    func close() {
+        if case .unix(let path, _, _) = place { unlink(path) }
+        shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
     }
 
     /// Whether `peer` may read the metrics: a loopback address, or one `allowed` admits.
@@ -38,63 +80,29 @@ final class MetricsListener: @unchecked Sendable {
         }
     }
 
-    private func serve() {
-        while true {
-            var storage = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let client = withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &length) }
-            }
-            // Not inherited by `ssh -G`, which a reload may start meanwhile.
-            if client >= 0 { _ = fcntl(client, F_SETFD, FD_CLOEXEC) }
-            if client < 0 {
-                if [EINTR, ECONNABORTED].contains(errno) { continue }
-                if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) {
-                    usleep(100_000)
-                    continue
-                }
-                return
-            }
-            let peer = Socket.endpoint(of: storage)
-            guard Self.admits(peer.host, allowed: allowed) else {
-                logger.warning("metrics client refused: not loopback and not in the only_from of defaults", metadata: ["peer": "\(peer)"])
-                close(client)
-                continue
-            }
-            answer(client)
-            close(client)
-        }
+    /// Whether an HTTP request head has ended (a blank line).
+    static func isWholeHead(_ request: [UInt8]) -> Bool {
+        request.ends(with: Array("\r\n\r\n".utf8)) || request.ends(with: Array("\n\n".utf8))
     }
 
-    /// Reads the request head (at most 4 KiB, within a second) and answers it.
-    private func answer(_ client: Int32) {
-        var timeout = timeval(tv_sec: 1, tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var request: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        while request.count < 4096 && !request.ends(with: Array("\r\n\r\n".utf8)) && !request.ends(with: Array("\n\n".utf8)) {
-            let count = recv(client, &buffer, buffer.count, 0)
-            guard count > 0 else { break }
-            request += buffer[0..<count]
-        }
+    /// The HTTP answer to a request head: the metrics for `GET /metrics`, else 404.
+    static func answer(_ request: [UInt8], render: () -> String) -> [UInt8] {
         let line = String(decoding: request.prefix { $0 != UInt8(ascii: "\r") && $0 != UInt8(ascii: "\n") }, as: UTF8.self)
         let words = line.split(separator: " ")
-        let reply: String
         if words.count >= 2, words[0] == "GET", words[1] == "/metrics" || words[1].hasPrefix("/metrics?") {
             let body = render()
-            reply = "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
-        } else {
-            let body = "tunneld serves GET /metrics only\n"
-            reply = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+            return Array(("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body).utf8)
         }
-        let bytes = Array(reply.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let sent = bytes.withUnsafeBytes { send(client, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
-            if sent <= 0 { return }
-            offset += sent
-        }
+        let body = "tunneld serves GET /metrics only\n"
+        return Array(("HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body).utf8)
+    }
+}
+
+extension GlobalSettings {
+    /// Where `metrics` serves, if anywhere; a Unix socket goes to `group` like the control socket.
+    func metricsPlace(group: gid_t?, owner: uid_t?) -> MetricsListener.Place? {
+        if let path = metricsSocket { return .unix(path: path, group: group, owner: owner) }
+        return metrics.map { .tcp($0) }
     }
 }
 

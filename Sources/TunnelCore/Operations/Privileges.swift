@@ -9,7 +9,7 @@ enum Privileges {
     /// The uid and gid of `account`.
     static func ids(of account: String) throws -> (uid: uid_t, gid: gid_t) {
         guard let entry = getpwnam(account) else {
-            throw Failure(description: "run_as \(account): no such account; create it (adduser --system \(account)) or fix the name")
+            throw Failure(description: "run_as \(account): no such account; create it (adduser --system --group \(account)) or fix the name")
         }
         return (entry.pointee.pw_uid, entry.pointee.pw_gid)
     }
@@ -27,5 +27,23 @@ enum Privileges {
         if uid != 0 && (setuid(0) == 0 || seteuid(0) == 0) {
             throw Failure(description: "could regain root after switching to \(account); refusing to run")
         }
+        // Nothing tunneld runs afterwards (ssh -G on a reload) gains privileges through a
+        // set-user-ID file or file capabilities, with or without systemd's NoNewPrivileges.
+        guard setNoNewPrivileges() == 0 else {
+            throw Failure(description: "prctl(PR_SET_NO_NEW_PRIVS): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)`: 0, or -1 with errno. prctl is variadic, so
+    /// Swift does not import it; on Linux (x86_64 and arm64 alike) a variadic function takes
+    /// integer arguments as a fixed one does, so it is called through that type.
+    static func setNoNewPrivileges() -> Int32 {
+        typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
+        let setNoNewPrivs: Int32 = 38 // PR_SET_NO_NEW_PRIVS, <linux/prctl.h>
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "prctl") else {
+            errno = ENOSYS
+            return -1
+        }
+        return unsafeBitCast(symbol, to: Prctl.self)(setNoNewPrivs, 1, 0, 0, 0)
     }
 }

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import TunnelConfig
 
 /// Where a server's sessions are, as status shows it.
 public enum ServerState: String, Codable, Sendable {
@@ -100,7 +101,8 @@ public struct StatusReport: Codable, Equatable {
             let list = service.refusals.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
             text += "\(service.name) refused: \(list)\n"
         }
-        return text
+        // Server messages and names from outside: no control or bidi character reaches a terminal.
+        return text.split(separator: "\n", omittingEmptySubsequences: false).map { ControlCharacters.escaped(String($0)) }.joined(separator: "\n")
     }
 
     /// The Prometheus text exposition format (version 0.0.4): counters per service and

@@ -62,7 +62,9 @@ final class Connection: @unchecked Sendable {
         self.ticket = ticket
         self.client = client
         isSocksReplyOwed = ticket.isSocksClient
+        // Bytes that came with a SOCKS request go up like any others, and count as such.
         ticket.early.withUnsafeBytes { toServer.store($0) }
+        bytesUp = ticket.early.count
     }
 
     /// A client of `service`, bound for its target (the listener's, tests').

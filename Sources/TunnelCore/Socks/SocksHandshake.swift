@@ -246,7 +246,10 @@ struct SocksHandshake: Sendable {
                 return refused(.generalFailure, "the domain name the client asks for is not UTF-8")
             }
             guard !name.unicodeScalars.contains(where: ControlCharacters.isControl) else {
-                return refused(.generalFailure, "the domain name the client asks for contains a control character")
+                return refused(.generalFailure, "the client asks for '\(name)', which contains a control character")
+            }
+            guard HostSyntax.isHostName(name) else {
+                return refused(.generalFailure, "the client asks for '\(name)', which is not a host name (letters, digits, -, _ and dots)")
             }
             address = .domain(name)
         }
