@@ -70,6 +70,9 @@ final class SessionPoolTests: XCTestCase {
         pool.dispatch(second)
         XCTAssertTrue(second.isClosed, "within a second of the failure: refused at once, no new connect")
         XCTAssertLessThan(ContinuousClock.now - started, .milliseconds(100))
+        // The first client's line is written on its session's thread just after its close.
+        let deadline = ContinuousClock.now + .seconds(2)
+        while log.results.count < 2 && ContinuousClock.now < deadline { usleep(1_000) }
         XCTAssertEqual(log.results, ["ssh-failed: \(reason)", "ssh-failed: \(reason)"])
         let status = pool.status(of: service.sessionKey)
         XCTAssertEqual(status.lastError, reason)

@@ -148,6 +148,10 @@ final class SessionPool: @unchecked Sendable {
                 if let supervisor = makeSupervisor(name, settings: server.core.settings, isPersistent: isPersistent) {
                     server.supervisors[id] = supervisor
                     state.live[name] = supervisor
+                } else {
+                    // No thread for it: the core forgets the session (its clients are refused
+                    // below), as after a failed connect that was this machine's shortage.
+                    _ = server.core.handle(.connectFailed(id, reason: Self.noDescriptors, isLocalShortage: true, clients: []), now: now)
                 }
             }
             let involved = server.supervisors
@@ -176,7 +180,7 @@ final class SessionPool: @unchecked Sendable {
                 supervisors[id]?.start()
             case .hand(let connection, let id):
                 guard let supervisor = supervisors[id] else {
-                    connection.finish(.sshFailed("out of file descriptors: no new session can start"), logger: logger)
+                    connection.finish(.sshFailed(Self.noDescriptors), logger: logger)
                     continue
                 }
                 if !supervisor.enqueue(connection) {
@@ -201,6 +205,8 @@ final class SessionPool: @unchecked Sendable {
             }
         }
     }
+
+    private static let noDescriptors = "out of file descriptors: no new session can start"
 
     /// A new supervisor reporting to this pool; nil when the process is out of descriptors.
     /// Call within the lock.
