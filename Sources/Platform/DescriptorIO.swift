@@ -30,6 +30,25 @@ public enum DescriptorIO {
         }
     }
 
+    /// Writes all of `text` to a blocking descriptor (a terminal, a log file), retrying on
+    /// EINTR; an error ends the write. Returns how many bytes were written.
+    @discardableResult
+    public static func writeAll(_ fd: Int32, _ text: String) -> Int {
+        var text = text
+        return text.withUTF8 { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
+                offset += written
+            }
+            return offset
+        }
+    }
+
     /// Writes as much of `bytes` as the descriptor takes now.
     public static func write(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> WriteResult {
         var offset = 0

@@ -102,19 +102,7 @@ final class LogFile: @unchecked Sendable {
     }
 
     private func write(_ text: String) {
-        var text = text
-        text.withUTF8 { bytes in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return
-                }
-                offset += written
-                size += UInt64(written)
-            }
-        }
+        size += UInt64(DescriptorIO.writeAll(fd, text))
     }
 
     private static func open(_ path: String) throws -> Int32 {

@@ -205,15 +205,6 @@ final class LocalAttackerTests: SSHTestCase {
 
     // MARK: permits
 
-    /// Sends `bytes` to a SOCKS service at `port`, half-closes, and returns all that comes back.
-    private func socksExchange(port: UInt16, _ bytes: [UInt8]) throws -> [UInt8] {
-        let fd = try TCP.connect(port: port, timeout: 5)
-        defer { close(fd) }
-        try TCP.sendAll(fd, bytes)
-        shutdown(fd, Int32(SHUT_WR))
-        return try TCP.readAll(fd)
-    }
-
     /// A name that starts like a permitted address (which the attacker's DNS may point
     /// anywhere) and a name with a space are refused at once, before any SSH session.
     func test07_ANameNeverPassesAnAddressPattern() throws {
@@ -233,19 +224,19 @@ final class LocalAttackerTests: SSHTestCase {
             """])
         let target = [UInt8(echo.port >> 8), UInt8(echo.port & 0xff)]
         let lookalike = Array("127.0.0.1.attacker.example".utf8)
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(lookalike.count)] + lookalike + target), [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(lookalike.count)] + lookalike + target), [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
         XCTAssertTrue(tunneld.waitForLog("target=127.0.0.1.attacker.example:\(echo.port)", timeout: 2), "the refusal names the target: \(tunneld.log)")
         let spaced = Array("127.0.0.1 .example.org".utf8)
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(spaced.count)] + spaced + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(spaced.count)] + spaced + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
         XCTAssertTrue(tunneld.waitForLog("which is not a host name", timeout: 2), tunneld.log)
         // A bidi override in a name is refused too, and logged escaped, never raw.
         let reversed = Array("gro.elpmaxe\u{202E}.www".utf8)
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(reversed.count)] + reversed + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(reversed.count)] + reversed + [1, 0xbb]), [5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0])
         XCTAssertTrue(tunneld.waitForLog("gro.elpmaxe\\u{202e}.www", timeout: 2), tunneld.log)
         XCTAssertFalse(tunneld.log.unicodeScalars.contains("\u{202E}"), "no raw bidi control in the log")
         XCTAssertEqual(sshd.acceptedLogins, 0, "no SSH session for any of them")
         // The address itself passes; the bytes sent with the request count in bytes.up.
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("hi".utf8)).suffix(2), Array("hi".utf8), tunneld.log)
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("hi".utf8)).suffix(2), Array("hi".utf8), tunneld.log)
         XCTAssertTrue(tunneld.waitForLog("bytes.down=2 bytes.up=2", timeout: 3), tunneld.log)
     }
 

@@ -52,16 +52,6 @@ final class SurfaceTests: SSHTestCase {
         """
     }
 
-    /// Sends `bytes` on a new connection to `port`, half-closes, and returns all that comes
-    /// back before the close.
-    private func socksExchange(port: UInt16, _ bytes: [UInt8]) throws -> [UInt8] {
-        let fd = try TCP.connect(port: port, timeout: 5)
-        defer { close(fd) }
-        try TCP.sendAll(fd, bytes)
-        shutdown(fd, Int32(SHUT_WR))
-        return try TCP.readAll(fd)
-    }
-
     func testCurlFetchesThroughASocksServiceByHostName() throws {
         let web = ScratchDirectory("web")
         web.write("hello.txt", "hello through SOCKS5\n")
@@ -83,30 +73,30 @@ final class SurfaceTests: SSHTestCase {
         let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port, extra: "    permit          = 127.0.0.1:\(echo.port) localhost:*")])
         let target = [UInt8(echo.port >> 8), UInt8(echo.port & 0xff)]
         // SOCKS4: closed without a reply.
-        XCTAssertEqual(try socksExchange(port: port, [4, 1] + target + [127, 0, 0, 1, 0]), [])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [4, 1] + target + [127, 0, 0, 1, 0]), [])
         // No acceptable method.
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 2]), [5, 0xff])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 2]), [5, 0xff])
         // BIND is not supported.
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1] + target), [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1] + target), [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0])
         // An unknown address type.
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 9, 127, 0, 0, 1] + target), [5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 9, 127, 0, 0, 1] + target), [5, 0, 5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
         // A domain shorter than its length byte says, then the client gives up: nothing opened.
         // (The 255-byte length is the most a SOCKS5 domain can claim: nothing buffers more.)
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, 255] + Array("short".utf8)), [5, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, 255] + Array("short".utf8)), [5, 0])
         // Not in permit: refused with "not allowed" before any channel.
-        XCTAssertEqual(try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 2] + target), [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
+        XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 2] + target), [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])
         XCTAssertTrue(tunneld.waitForLog("is not in permit", timeout: 2), tunneld.log)
         XCTAssertEqual(echo.connectionCount, 0, "no malformed or refused request reached a target")
         XCTAssertEqual(sshd.acceptedLogins, 0, "nor even made an SSH session")
 
         // A permitted target works, and data sent right after the request is not lost.
-        let reply = try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("pipelined".utf8))
+        let reply = try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1] + target + Array("pipelined".utf8))
         XCTAssertEqual(Array(reply.prefix(12)), [5, 0, 5, 0, 0, 1, 0, 0, 0, 0, 0, 0], tunneld.log)
         XCTAssertEqual(String(decoding: reply.dropFirst(12), as: UTF8.self), "pipelined")
 
         // A target the server cannot reach: "connection refused" from sshd's "connect failed".
         let closed = TCP.freePort()
-        let failed = try socksExchange(port: port, [5, 1, 0, 5, 1, 0, 3, 9] + Array("localhost".utf8) + [UInt8(closed >> 8), UInt8(closed & 0xff)])
+        let failed = try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, 9] + Array("localhost".utf8) + [UInt8(closed >> 8), UInt8(closed & 0xff)])
         XCTAssertEqual(failed, [5, 0, 5, 5, 0, 1, 0, 0, 0, 0, 0, 0], tunneld.log)
     }
 

@@ -157,6 +157,16 @@ enum TCP {
 }
 
 extension TCP {
+    /// Sends `bytes` on a new connection to `port`, half-closes, and returns all that comes
+    /// back before the close (a SOCKS request and its replies, say).
+    static func sendThenRead(port: UInt16, _ bytes: [UInt8]) throws -> [UInt8] {
+        let fd = try connect(port: port, timeout: 5)
+        defer { close(fd) }
+        try sendAll(fd, bytes)
+        shutdown(fd, Int32(SHUT_WR))
+        return try readAll(fd)
+    }
+
     /// How a stream ended for its reader.
     enum Ending: Equatable {
         case endOfFile
