@@ -209,19 +209,9 @@ final class LocalAttackerTests: SSHTestCase {
     /// anywhere) and a name with a space are refused at once, before any SSH session.
     func test07_ANameNeverPassesAnAddressPattern() throws {
         let port = TCP.freePort()
-        let tunneld = try TunneldProcess(stanzas: ["proxy": """
-            service proxy
-            {
-                type            = SOCKS
-                port            = \(port)
-                server          = \(sshd.user)@127.0.0.1:\(sshd.port)
-                identity        = \(sshd.userKey)
-                identity_agent  = none
-                known_hosts     = \(sshd.knownHosts)
-                permit          = 127.0.0.*:\(echo.port) *.example.org:443
-            }
-
-            """])
+        let tunneld = try TunneldProcess(stanzas: [
+            "proxy": socksStanza("proxy", port: port, via: sshd, extra: "    permit          = 127.0.0.*:\(echo.port) *.example.org:443"),
+        ])
         let target = [UInt8(echo.port >> 8), UInt8(echo.port & 0xff)]
         let lookalike = Array("127.0.0.1.attacker.example".utf8)
         XCTAssertEqual(try TCP.sendThenRead(port: port, [5, 1, 0, 5, 1, 0, 3, UInt8(lookalike.count)] + lookalike + target), [5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0])

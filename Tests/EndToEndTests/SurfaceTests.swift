@@ -36,22 +36,6 @@ final class SurfaceTests: SSHTestCase {
         XCTAssertTrue(tunneld.waitForLog("peer=[::1]:", timeout: 2), tunneld.log)
     }
 
-    private func socksStanza(_ name: String, port: UInt16, extra: String = "") -> String {
-        """
-        service \(name)
-        {
-            type            = SOCKS
-            port            = \(port)
-            server          = \(sshd.user)@127.0.0.1:\(sshd.port)
-            identity        = \(sshd.userKey)
-            identity_agent  = none
-            known_hosts     = \(sshd.knownHosts)
-        \(extra)
-        }
-
-        """
-    }
-
     func testCurlFetchesThroughASocksServiceByHostName() throws {
         let web = ScratchDirectory("web")
         web.write("hello.txt", "hello through SOCKS5\n")
@@ -60,7 +44,7 @@ final class SurfaceTests: SSHTestCase {
         defer { http.signal(SIGKILL) }
         XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.connect(port: httpPort, timeout: 1)).map { close($0); return true } ?? false })
         let port = TCP.freePort()
-        let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port)])
+        let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port, via: sshd)])
         let curl = try runProgram("/usr/bin/curl", ["-sS", "--max-time", "10", "--socks5-hostname", "127.0.0.1:\(port)", "http://localhost:\(httpPort)/hello.txt"])
         XCTAssertEqual(curl.status, 0, curl.error + tunneld.log)
         XCTAssertEqual(curl.output, "hello through SOCKS5\n")
@@ -70,7 +54,7 @@ final class SurfaceTests: SSHTestCase {
 
     func testMalformedSocksRequestsGetTheirReplyAndNoChannel() throws {
         let port = TCP.freePort()
-        let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port, extra: "    permit          = 127.0.0.1:\(echo.port) localhost:*")])
+        let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port, via: sshd, extra: "    permit          = 127.0.0.1:\(echo.port) localhost:*")])
         let target = [UInt8(echo.port >> 8), UInt8(echo.port & 0xff)]
         // SOCKS4: closed without a reply.
         XCTAssertEqual(try TCP.sendThenRead(port: port, [4, 1] + target + [127, 0, 0, 1, 0]), [])

@@ -9,12 +9,6 @@ final class LogTypeTests: XCTestCase {
         fixture = ConfigFixture()
     }
 
-    private func load(_ text: String) -> (Configuration, [String]) {
-        fixture.write("conf", text)
-        let configuration = fixture.load()
-        return (configuration, fixture.messages(configuration))
-    }
-
     func testSyslogFacilityAndLevel() throws {
         XCTAssertEqual(try LogType.parse(["SYSLOG", "daemon"]).get(), .syslog(facility: SyslogFacility(name: "daemon")!, level: .info))
         XCTAssertEqual(try LogType.parse(["syslog", "local3", "warning"]).get(), .syslog(facility: SyslogFacility(name: "local3")!, level: .warning))
@@ -41,7 +35,7 @@ final class LogTypeTests: XCTestCase {
     }
 
     func testInDefaultsAndPerServiceAndShownByCheck() {
-        let (configuration, messages) = load("""
+        let (configuration, messages) = fixture.load(text: """
             defaults { log_type = SYSLOG daemon info }
             service a {
             \(minimalBody)
@@ -67,13 +61,13 @@ final class LogTypeTests: XCTestCase {
     }
 
     func testABadLogTypeIsAnErrorOfTheService() {
-        let (configuration, messages) = load("service s {\n\(minimalBody)\nlog_type = FILE tunneld.log\n}\n")
+        let (configuration, messages) = fixture.load(text: "service s {\n\(minimalBody)\nlog_type = FILE tunneld.log\n}\n")
         XCTAssertTrue(configuration.services.isEmpty)
         XCTAssertTrue(messages.contains("ROOT/conf:5: error: s: log_type FILE path 'tunneld.log' is not absolute; write the full path, e.g. /var/log/tunneld-smtp.log"), "\(messages)")
     }
 
     func testXinetdStanzaWithLogTypeIsNoLongerWarnedAbout() {
-        let (_, messages) = load("service s {\n\(minimalBody)\nlog_type = FILE /var/log/tunneld-smtp.log\nlog_on_success = HOST PID\nlog_on_failure = HOST\n}\n")
+        let (_, messages) = fixture.load(text: "service s {\n\(minimalBody)\nlog_type = FILE /var/log/tunneld-smtp.log\nlog_on_success = HOST PID\nlog_on_failure = HOST\n}\n")
         XCTAssertFalse(messages.contains { $0.contains("log_type") }, "\(messages)")
     }
 }

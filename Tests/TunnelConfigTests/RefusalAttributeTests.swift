@@ -9,22 +9,16 @@ final class RefusalAttributeTests: XCTestCase {
         fixture = ConfigFixture()
     }
 
-    private func load(_ text: String) -> (Configuration, [String]) {
-        fixture.write("conf", text)
-        let configuration = fixture.load()
-        return (configuration, fixture.messages(configuration))
-    }
-
     func testDefaultIsNoneAndEachProtocolIsTaken() {
-        XCTAssertEqual(load("service s {\n\(minimalBody)\n}\n").0.services.first?.refusal, RefusalProtocol.none)
+        XCTAssertEqual(fixture.load(text: "service s {\n\(minimalBody)\n}\n").0.services.first?.refusal, RefusalProtocol.none)
         for name in ["smtp", "pop3", "imap", "http", "none", "SMTP"] {
-            let (configuration, messages) = load("service s {\n\(minimalBody)\nrefusal = \(name)\n}\n")
+            let (configuration, messages) = fixture.load(text: "service s {\n\(minimalBody)\nrefusal = \(name)\n}\n")
             XCTAssertEqual(configuration.services.first?.refusal.rawValue, name.lowercased(), "\(messages)")
         }
     }
 
     func testDefaultsSetItAndAServiceOverridesIt() {
-        let (configuration, messages) = load("""
+        let (configuration, messages) = fixture.load(text: """
             defaults { refusal = smtp }
             service a {
             \(minimalBody)
@@ -40,19 +34,19 @@ final class RefusalAttributeTests: XCTestCase {
     }
 
     func testAnUnknownProtocolIsAnErrorNamingTheChoices() {
-        let (configuration, messages) = load("service s {\n\(minimalBody)\nrefusal = ftp\n}\n")
+        let (configuration, messages) = fixture.load(text: "service s {\n\(minimalBody)\nrefusal = ftp\n}\n")
         XCTAssertTrue(configuration.services.isEmpty)
         XCTAssertTrue(messages.contains("ROOT/conf:5: error: s: refusal 'ftp' is not one of none, smtp, pop3, imap, http"), "\(messages)")
     }
 
     func testASocksServiceIgnoresItWithAWarning() {
-        let (configuration, messages) = load("service s {\nport = 1080\nserver = h\ntype = SOCKS\nrefusal = smtp\n}\n")
+        let (configuration, messages) = fixture.load(text: "service s {\nport = 1080\nserver = h\ntype = SOCKS\nrefusal = smtp\n}\n")
         XCTAssertEqual(configuration.services.first?.refusal, RefusalProtocol.none, "\(messages)")
         XCTAssertTrue(messages.contains { $0.contains("refusal = smtp has no meaning for a SOCKS service") }, "\(messages)")
     }
 
     func testCheckShowsIt() {
-        let (configuration, _) = load("service s {\n\(minimalBody)\nrefusal = smtp\nknown_hosts = /dev/null\n}\n")
+        let (configuration, _) = fixture.load(text: "service s {\n\(minimalBody)\nrefusal = smtp\nknown_hosts = /dev/null\n}\n")
         XCTAssertTrue(CheckReport(configuration).render().contains("refusal=smtp"), CheckReport(configuration).render())
     }
 }

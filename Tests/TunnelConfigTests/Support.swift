@@ -60,6 +60,14 @@ final class ConfigFixture {
         ConfigurationLoader(environment: environment).load(path: root + "/" + relative)
     }
 
+    /// Writes `text` as the file `conf` and loads it: the configuration, and its diagnostics
+    /// as printed.
+    func load(text: String) -> (Configuration, [String]) {
+        write("conf", text)
+        let configuration = load()
+        return (configuration, messages(configuration))
+    }
+
     /// The diagnostics as printed, with the fixture root shortened to `ROOT`.
     func messages(_ configuration: Configuration) -> [String] {
         configuration.diagnostics.map { $0.description.replacingOccurrences(of: root, with: "ROOT") }

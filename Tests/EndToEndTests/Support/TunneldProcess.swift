@@ -101,6 +101,23 @@ final class TunneldProcess {
     var residentKiB: Int { processResidentKiB(of: pid) ?? -1 }
 }
 
+/// A SOCKS5 service through `sshd`, with the test's own keys.
+func socksStanza(_ name: String, port: UInt16, via sshd: SSHServer, extra: String = "") -> String {
+    """
+    service \(name)
+    {
+        type            = SOCKS
+        port            = \(port)
+        server          = \(sshd.user)@127.0.0.1:\(sshd.port)
+        identity        = \(sshd.userKey)
+        identity_agent  = none
+        known_hosts     = \(sshd.knownHosts)
+    \(extra)
+    }
+
+    """
+}
+
 /// A stanza for a service through `sshd` to `target`, with the test's own keys.
 func stanza(_ name: String, port: UInt16, via sshd: SSHServer, target: UInt16, extra: String = "") -> String {
     """
