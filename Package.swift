@@ -18,9 +18,11 @@ let package = Package(
             pkgConfig: "libssh2",
             providers: [.apt(["libssh2-1-dev"])]
         ),
+        // Linux headers Glibc's module lacks (epoll), imported by Platform only.
+        .systemLibrary(name: "CLinux"),
         // What every other module stands on: locks, threads, the one EINTR/EAGAIN layer for
-        // descriptors, child programs.
-        .target(name: "Platform", swiftSettings: [.swiftLanguageMode(.v6)]),
+        // descriptors, epoll, child programs.
+        .target(name: "Platform", dependencies: ["CLinux"], swiftSettings: [.swiftLanguageMode(.v6)]),
         // The configuration language: pure Swift, no sockets; child programs (ssh -G) only
         // through Platform.
         .target(name: "TunnelConfig", dependencies: ["Platform"]),
