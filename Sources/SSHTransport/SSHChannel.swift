@@ -41,6 +41,14 @@ public final class SSHChannel {
         return available > 0 || libssh2_channel_eof(raw) != 0
     }
 
+    /// Makes libssh2 read and file every packet that has arrived for the session (a read of
+    /// no bytes: libssh2 processes all pending input before it looks at this channel's data).
+    public func fileArrivedPackets() throws {
+        var byte: CChar = 0
+        let count = libssh2_channel_read_ex(raw, 0, &byte, 0)
+        if count < 0 && count != Int(LIBSSH2_ERROR_EAGAIN) { throw session.error(Int32(count), "libssh2_channel_read_ex") }
+    }
+
     /// Whether the server's window has room, so a write would not be refused.
     public var canWrite: Bool {
         libssh2_channel_window_write_ex(raw, nil) > 0

@@ -11,6 +11,8 @@ public final class SSHSession {
     public let socket: Int32
     /// When bytes last arrived from the server.
     public private(set) var lastReceived = ContinuousClock.now
+    /// Bytes received from the server so far.
+    public private(set) var receivedCount = 0
     /// Whether the server closed the TCP connection.
     public private(set) var isPeerClosed = false
 
@@ -103,6 +105,7 @@ public final class SSHSession {
             let received = Glibc.recv(socket, buffer, length, 0)
             if received > 0 {
                 lastReceived = .now
+                receivedCount &+= received
                 bytesSinceSend += received
                 acknowledgeQuickly()
                 return received

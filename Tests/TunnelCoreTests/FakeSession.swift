@@ -36,6 +36,8 @@ final class FakeSession: TunnelSession {
     private let peerSocket: Int32
     let clock: ManualClock
     var lastReceived: ContinuousClock.Instant
+    /// Moves whenever the "server" sends something (a channel's data, EOF or window room).
+    var receivedCount = 0
     var isPeerClosed = false
     var pendingOutputCount = 0
     var pollEvents: Int16 { Int16(POLLIN) }
@@ -77,10 +79,30 @@ final class FakeSession: TunnelSession {
     /// The server "sends" something: the session saw bytes now.
     func receive() {
         lastReceived = clock.now
+        receivedCount += 1
     }
 
     func flush() throws {
         if let failure { throw failure }
+    }
+
+    /// Data the "server" sent that is still in the session socket: libssh2 takes it in only
+    /// when a call reads the socket (a channel read, or filing the arrived packets).
+    private var inSocket: [(channel: FakeChannel, bytes: [UInt8])] = []
+
+    /// The server sends `bytes` for `channel`; they wait in the socket until read.
+    func sendThroughSocket(_ bytes: [UInt8], to channel: FakeChannel) {
+        var byte: UInt8 = 1
+        _ = Glibc.write(peerSocket, &byte, 1)
+        inSocket.append((channel, bytes))
+    }
+
+    /// Reads the socket, as any libssh2 call that reads does: what waited there is filed.
+    func readSocket() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while recv(socket, &buffer, buffer.count, Int32(MSG_DONTWAIT)) > 0 {}
+        for (channel, bytes) in inSocket { channel.inbound += bytes }
+        inSocket.removeAll()
     }
 
     func openChannel(to target: Endpoint, from originator: Endpoint, window: UInt32) throws -> (any TunnelChannel)? {
@@ -161,24 +183,27 @@ final class FakeSession: TunnelSession {
 /// `written` is what the client's bytes became, `writeLimit` how much one write takes.
 final class FakeChannel: TunnelChannel {
     unowned let session: FakeSession
-    var inbound: [UInt8] = []
-    var eofFromServer = false
+    var inbound: [UInt8] = [] { didSet { session.receivedCount += 1 } }
+    var eofFromServer = false { didSet { session.receivedCount += 1 } }
     var written: [UInt8] = []
     /// Most bytes one write takes; 0 means the window is closed.
-    var writeLimit = Int.max
+    var writeLimit = Int.max { didSet { session.receivedCount += 1 } }
+    /// How many times the loop asked whether data waits (`hasBufferedInput`).
+    private(set) var bufferQuestions = 0
     /// Reads say "would block" this many more times before giving data.
     var readStalls = 0
     private(set) var eofSent = false
     private(set) var freeCalls = 0
     var isFreed: Bool { freeCalls > 0 }
     /// Thrown by the next read, for "the session failed under this channel".
-    var readFailure: FakeSession.Failure?
+    var readFailure: FakeSession.Failure? { didSet { session.receivedCount += 1 } }
 
     init(session: FakeSession) {
         self.session = session
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> SSHChannel.ReadResult {
+        session.readSocket()
         if let readFailure { throw readFailure }
         if let failure = session.failure { throw failure }
         if readStalls > 0 {
@@ -213,6 +238,10 @@ final class FakeChannel: TunnelChannel {
 
     /// The data is in libssh2's raw transport buffer, not yet in its packet list.
     var hidesBufferedInput = false
-    var hasBufferedInput: Bool { !hidesBufferedInput && (!inbound.isEmpty || eofFromServer) }
+    var hasBufferedInput: Bool {
+        bufferQuestions += 1
+        return readFailure != nil || (!hidesBufferedInput && (!inbound.isEmpty || eofFromServer))
+    }
+    func fileArrivedPackets() throws { session.readSocket() }
     var canWrite: Bool { writeLimit > 0 }
 }

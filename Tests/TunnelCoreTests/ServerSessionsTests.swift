@@ -273,6 +273,134 @@ final class ServerSessionsTests: XCTestCase {
         XCTAssertEqual(describe(arrive(&core, "a", to: mail)), ["refuse a tunneld is stopping"])
     }
 
+    // MARK: Bursts (issue 23)
+
+    /// Four sessions up, each with `waiting` clients queued for a channel and answering an
+    /// open in `answer` seconds, after connects that took 30 ms.
+    private func fourBusySessions(_ core: inout Core, waiting: Int, answer: Double) {
+        for index in 1...4 {
+            _ = arrive(&core, "c\(index)", to: mail)
+            if index <= 4 { clock.advance(0.03); up(&core, index, load: 4) }
+        }
+        for id in 1...4 { busy(&core, id, waiting: waiting, answer: answer) }
+    }
+
+    private func busy(_ core: inout Core, _ id: Int, waiting: Int, answer: Double, answered: Int = 0, held: Int = 0) {
+        send(&core, .report(id, load: held + waiting, openUnderWay: nil, isProbing: false,
+                            opens: .init(waiting: waiting, answerSeconds: answer, answered: answered)))
+    }
+
+    private func started(_ commands: [Core.Command]) -> [Int] {
+        commands.compactMap { if case .start(let id, _) = $0 { return id } else { return nil } }
+    }
+
+    func testABurstStartsSessionsBeyondSessionsWithinTheCapOneConnectAtATime() {
+        var core = core(sessions: 4)
+        fourBusySessions(&core, waiting: 0, answer: 0.001)
+        XCTAssertEqual(describe(arrive(&core, "calm", to: mail)).count, 1, "short queues: no new session")
+        XCTAssertEqual(core.sessions.count, 4)
+
+        // 2,000 clients queued on each: a new client would wait 2 s for its open to start.
+        fourBusySessions(&core, waiting: 2000, answer: 0.001)
+        XCTAssertEqual(describe(arrive(&core, "b1", to: mail)), ["start 5", "burst 5", "hand b1 5"])
+        XCTAssertEqual(describe(arrive(&core, "b2", to: mail)), ["hand b2 5"], "the burst session takes clients while it connects")
+        var peak = core.sessions.count
+        var connectingPeak = 0
+        for index in 0..<6000 {
+            _ = arrive(&core, "r\(index)", to: mail)
+            peak = max(peak, core.sessions.count)
+            connectingPeak = max(connectingPeak, core.sessions.values.filter { $0.phase == .connecting }.count)
+            if index % 100 == 99 {
+                // Connecting sessions come up, their queues still long.
+                clock.advance(0.03)
+                for id in core.sessions.keys.sorted() where core.sessions[id]!.phase == .connecting {
+                    up(&core, id, load: 0)
+                    busy(&core, id, waiting: 2000, answer: 0.001)
+                }
+            }
+        }
+        XCTAssertEqual(peak, core.hardCap, "the burst raised the sessions to the cap, not beyond")
+        XCTAssertEqual(connectingPeak, Core.burstConnects)
+        XCTAssertEqual(core.burstSessions, core.hardCap - 4)
+    }
+
+    func testAfterABurstItsSessionsTakeNoClientsAndLingerOut() {
+        var core = core(sessions: 2)
+        for index in 1...2 {
+            _ = arrive(&core, "c\(index)", to: mail)
+            clock.advance(0.03)
+            up(&core, index, load: 4)
+        }
+        busy(&core, 1, waiting: 1000, answer: 0.001)
+        busy(&core, 2, waiting: 1000, answer: 0.001)
+        XCTAssertEqual(describe(arrive(&core, "b", to: mail)), ["start 3", "burst 3", "hand b 3"])
+        up(&core, 3, load: 1)
+
+        // The burst is served: every queue is short again.
+        for id in 1...3 { busy(&core, id, waiting: 0, answer: 0.001, answered: 1000, held: id == 3 ? 0 : 3) }
+        for index in 0..<20 {
+            let commands = describe(arrive(&core, "after\(index)", to: mail))
+            XCTAssertFalse(commands.contains("hand after\(index) 3"), "a burst session gets no client once the burst is over: \(commands)")
+            for id in 1...2 { busy(&core, id, waiting: 0, answer: 0.001, answered: 1000 + index, held: 3) }
+        }
+        // It lingers out (its loop ends it when idle), and the server is back to its sessions.
+        send(&core, .ended(3, diedOf: nil, orphans: [], servedAnyone: true, lifetime: .seconds(60)))
+        XCTAssertEqual(core.sessions.count, 2)
+        XCTAssertEqual(core.burstSessions, 0)
+    }
+
+    func testOnAFarServerAQueueShorterThanAConnectStartsNoSession() {
+        var core = core(sessions: 1)
+        _ = arrive(&core, "a", to: mail)
+        clock.advance(0.8)  // a far server: connecting takes 0.8 s
+        up(&core, 1, load: 1)
+        busy(&core, 1, waiting: 3, answer: 0.15)
+        XCTAssertEqual(describe(arrive(&core, "b", to: mail)), ["hand b 1"], "0.45 s in the queue beats a 0.8 s connect")
+        busy(&core, 1, waiting: 8, answer: 0.15)
+        XCTAssertEqual(describe(arrive(&core, "c", to: mail)), ["start 2", "burst 2", "hand c 2"], "1.2 s in the queue does not")
+    }
+
+    func testUnderOverloadAClientIsRefusedAtOnceWithTheReasonNotAtItsDeadline() {
+        var core = core(sessions: 1)
+        let cap = core.hardCap
+        for id in 1...cap {
+            if id == 1 {
+                _ = arrive(&core, "first", to: mail)
+            } else {
+                XCTAssertEqual(started(arrive(&core, "burst\(id)", to: mail)), [id])
+            }
+            clock.advance(0.03)
+            up(&core, id, load: 0)
+            // The server answers an open every 50 ms and each queue holds 400: 20 s to wait.
+            busy(&core, id, waiting: 400, answer: 0.05)
+        }
+        XCTAssertEqual(core.sessions.count, cap)
+        let commands = describe(arrive(&core, "late", to: mail))
+        XCTAssertEqual(commands.count, 1)
+        XCTAssertTrue(commands[0].hasPrefix("refuse late overloaded: \(400 * cap) clients wait for a channel to mail.example.org:22 on \(cap) sessions"), commands[0])
+        XCTAssertTrue(commands[0].hasSuffix("past connect_timeout (10 s)"), commands[0])
+        XCTAssertEqual(core.overloadRefusals, 1)
+
+        // A queue that would be served within connect_timeout still takes the client.
+        busy(&core, 2, waiting: 100, answer: 0.05)
+        XCTAssertEqual(describe(arrive(&core, "later", to: mail)), ["hand later 2"])
+    }
+
+    func testTheOpenRateCountsTheLastSecond() {
+        var core = core(sessions: 1)
+        _ = arrive(&core, "a", to: mail)
+        up(&core, 1, load: 1)
+        for step in 1...10 {
+            busy(&core, 1, waiting: 5, answer: 0.001, answered: step * 100)
+            clock.advance(0.1)
+        }
+        XCTAssertEqual(core.opensPerSecond(at: clock.now), 900, "the first report's 100 are over a second old")
+        XCTAssertEqual(core.waitingForChannel, 5)
+        XCTAssertEqual(core.nextClientWait(at: clock.now) ?? 0, 0.005, accuracy: 1e-9)
+        clock.advance(2)
+        XCTAssertEqual(core.opensPerSecond(at: clock.now), 0)
+    }
+
     private func describe(_ commands: [Core.Command]) -> [String] {
         commands.map { command in
             switch command {
@@ -284,6 +412,7 @@ final class ServerSessionsTests: XCTestCase {
             case .retire(let id): return "retire \(id)"
             case .checkRoute(let id): return "check-route \(id)"
             case .capReached(let count): return "cap \(count)"
+            case .burstStarted(let id, _, _): return "burst \(id)"
             }
         }
     }

@@ -21,7 +21,7 @@ final class SessionEventLoopTests: XCTestCase {
         session = FakeSession(clock: clock)
         log = CapturedLog()
         let service = Self.service(connectTimeout: 5)
-        loop = SessionEventLoop(session: session, settings: SessionSettings(key: service.sessionKey, services: [service]), logger: log.logger, clock: { [clock] in clock!.now })
+        loop = SessionEventLoop(session: session, readiness: try! SessionReadiness(wakeup: -1), settings: SessionSettings(key: service.sessionKey, services: [service]), logger: log.logger, clock: { [clock] in clock!.now })
     }
 
     override func tearDown() {
@@ -51,12 +51,11 @@ final class SessionEventLoopTests: XCTestCase {
 
     private func peer(_ connection: Connection) -> Int32 { peers[ObjectIdentifier(connection)]! }
 
-    /// One pass, as if every client were ready for what it waits on.
+    /// One pass, after collecting what the clients' sockets are ready for, without sleeping.
     @discardableResult
     private func pass() -> SessionEventLoop.Ending? {
-        var set = loop.buildPollSet(wakeup: -1)
-        for index in set.indices.dropFirst(2) { set[index].revents = set[index].events }
-        return loop.step(pollSet: set)
+        _ = loop.wait(bound: { _ in 0 })
+        return loop.step()
     }
 
     private func readAvailable(_ fd: Int32) -> [UInt8] {
@@ -157,7 +156,7 @@ final class SessionEventLoopTests: XCTestCase {
         let deadline = behind.openDeadline
         clock.advance(1)
         let service = Self.service(connectTimeout: 5)
-        let sibling = SessionEventLoop(session: FakeSession(clock: clock), settings: SessionSettings(key: service.sessionKey, services: [service]), logger: log.logger, clock: { [clock] in clock!.now })
+        let sibling = SessionEventLoop(session: FakeSession(clock: clock), readiness: try! SessionReadiness(wakeup: -1), settings: SessionSettings(key: service.sessionKey, services: [service]), logger: log.logger, clock: { [clock] in clock!.now })
         sibling.add(behind)
         XCTAssertEqual(behind.openDeadline, deadline)
     }
@@ -207,6 +206,43 @@ final class SessionEventLoopTests: XCTestCase {
         XCTAssertEqual(session.acknowledgements.count, before + 1, "once per pass")
         XCTAssertEqual(session.acknowledgements.last, up.count, "after the client's bytes went to the channel")
         XCTAssertEqual(String(decoding: readAvailable(peer(connection)), as: UTF8.self), "250 ok\r\n")
+    }
+
+    func testDataStillInTheSessionSocketReachesAnIdleClient() throws {
+        // Found when the loop moved to epoll (issue 23): nothing read the session socket when
+        // no client was ready, so a banner that came after the open waited for a keepalive.
+        let connection = client()
+        loop.add(connection)
+        pass()
+        let channel = try XCTUnwrap(session.channels.first)
+        pass()
+        session.sendThroughSocket(Array("220 mail ESMTP\r\n".utf8), to: channel)
+        pass()
+        XCTAssertEqual(String(decoding: readAvailable(peer(connection)), as: UTF8.self), "220 mail ESMTP\r\n")
+    }
+
+    func testAPassAsksNoIdleChannelWhenTheServerSentNothing() throws {
+        var idle: [Connection] = []
+        for _ in 0..<200 {
+            let connection = client()
+            loop.add(connection)
+            idle.append(connection)
+        }
+        pass()
+        pass()
+        XCTAssertEqual(session.channels.count, 200)
+        let asked = session.channels.map(\.bufferQuestions).reduce(0, +)
+        // One client speaks: only its own channel moves; nobody asks the 199 idle ones.
+        let talker = idle[7]
+        XCTAssertEqual(send(peer(talker), "hi", 2, 0), 2)
+        pass()
+        XCTAssertEqual(session.channels[7].written, Array("hi".utf8))
+        XCTAssertEqual(session.channels.map(\.bufferQuestions).reduce(0, +), asked, "no channel was asked: the server sent nothing")
+        // The server answers one of them: each channel is asked once, and the answer delivered.
+        session.sendThroughSocket(Array("ok".utf8), to: session.channels[7])
+        pass()
+        XCTAssertEqual(String(decoding: readAvailable(peer(talker)), as: UTF8.self), "ok")
+        XCTAssertLessThanOrEqual(session.channels.map(\.bufferQuestions).reduce(0, +) - asked, 2 * 200 + 2)
     }
 
     func testPartialWritesAndWouldBlockBothWaysLoseNothing() throws {
@@ -352,7 +388,7 @@ final class SessionEventLoopTests: XCTestCase {
         probed.isPersistent = true
         probed.probeInterval = 10
         let board = HealthBoard()
-        loop = SessionEventLoop(session: session, settings: SessionSettings(key: probed.sessionKey, services: [probed]), logger: log.logger,
+        loop = SessionEventLoop(session: session, readiness: try! SessionReadiness(wakeup: -1), settings: SessionSettings(key: probed.sessionKey, services: [probed]), logger: log.logger,
                                 health: board, clock: { [clock] in clock!.now })
         XCTAssertNil(pass())
         XCTAssertEqual(session.openedTargets, [Endpoint(host: "carbon", port: 6001)], "probed at once")

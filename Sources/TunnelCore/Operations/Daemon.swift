@@ -174,7 +174,7 @@ public final class Daemon {
             return StatusReport.ServiceStatus(
                 name: service.name, listen: "\(service.listen)", via: service.route.chain,
                 target: "\(service.target)", session: server.state, sessionsUp: server.sessionsUp,
-                sessionsStuck: server.sessionsStuck, sessionCapReached: server.isAtCap,
+                sessionsStuck: server.sessionsStuck, sessionCapReached: server.isAtCap, opens: server.opens,
                 retryAt: server.retryAt.map(StatusReport.timestamp),
                 connectError: server.lastError, connectErrorAt: server.lastErrorAt.map(StatusReport.timestamp),
                 liveConnections: counters.live, totalConnections: counters.total,

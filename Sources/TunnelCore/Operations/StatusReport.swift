@@ -13,6 +13,21 @@ public enum ServerState: String, Codable, Sendable {
 /// What `tunneld status` shows: per service, where it listens and goes, its session, and
 /// its counters.
 public struct StatusReport: Codable, Equatable {
+    /// A server's channel-open queue: libssh2 opens one channel at a time per session, so in
+    /// a burst clients wait for their turn.
+    public struct OpenQueue: Codable, Equatable {
+        /// Clients waiting for a channel now.
+        public var waiting = 0
+        /// How long the next client would wait for its open to start, on the best session.
+        public var waitSeconds: Double?
+        /// Opens the server answered in the last second.
+        public var perSecond = 0
+        /// Sessions started beyond `sessions` for a burst.
+        public var burstSessions = 0
+        /// Clients refused at once because their wait would have passed connect_timeout.
+        public var overloadRefusals = 0
+    }
+
     public struct ServiceStatus: Codable, Equatable {
         public var name: String
         public var listen: String
@@ -25,6 +40,8 @@ public struct StatusReport: Codable, Equatable {
         public var sessionsStuck = 0
         /// Whether the server's hard cap on sessions (`sessions` + 16) is reached.
         public var sessionCapReached = false
+        /// The server's channel-open queue.
+        public var opens = OpenQueue()
         /// When a backing-off session tries again (ISO 8601).
         public var retryAt: String?
         /// The last failure to connect to the server, and when (ISO 8601).
@@ -69,6 +86,7 @@ public struct StatusReport: Codable, Equatable {
             if service.sessionsUp > 1 || service.sessionsStuck > 0 {
                 session += " (\(service.sessionsUp)" + (service.sessionsStuck > 0 ? ", \(service.sessionsStuck) stuck" : "") + ")"
             }
+            if service.opens.burstSessions > 0 { session += " +\(service.opens.burstSessions) burst" }
             if service.sessionCapReached { session += " at cap" }
             if let retryAt = service.retryAt { session += " until \(retryAt)" }
             var lastError = service.lastError ?? "-"
@@ -90,6 +108,16 @@ public struct StatusReport: Codable, Equatable {
         for service in services {
             guard let probe = service.probe else { continue }
             text += "\(service.name) probe: \(probe)\(service.probeAt.map { " at \($0)" } ?? "")\n"
+        }
+        var queues = Set<String>()
+        for service in services where service.opens.waiting > 0 || service.opens.perSecond > 0 || service.opens.overloadRefusals > 0 {
+            guard queues.insert(service.via).inserted else { continue }
+            let opens = service.opens
+            text += "\(service.via) open queue: \(opens.waiting) waiting"
+            if let wait = opens.waitSeconds { text += ", next waits \(Self.number((wait * 1000).rounded() / 1000)) s" }
+            text += ", \(opens.perSecond) opens/s"
+            if opens.overloadRefusals > 0 { text += ", \(opens.overloadRefusals) refused as overload" }
+            text += "\n"
         }
         var shown = Set<String>()
         for service in services {
@@ -146,6 +174,16 @@ public struct StatusReport: Codable, Equatable {
         family("tunneld_sessions_up", "gauge", "SSH sessions up to the server.", servers.map { ([("server", $0.via)], "\($0.sessionsUp)") })
         family("tunneld_sessions_stuck", "gauge", "SSH sessions to the server stuck on a channel open (outside the sessions count).",
                servers.map { ([("server", $0.via)], "\($0.sessionsStuck)") })
+        family("tunneld_sessions_burst", "gauge", "SSH sessions to the server started beyond `sessions` for a burst of channel opens.",
+               servers.map { ([("server", $0.via)], "\($0.opens.burstSessions)") })
+        family("tunneld_open_queue_clients", "gauge", "Clients waiting for a channel to be opened on the server's sessions.",
+               servers.map { ([("server", $0.via)], "\($0.opens.waiting)") })
+        family("tunneld_open_queue_wait_seconds", "gauge", "How long the next client would wait for its channel open to start.",
+               servers.map { ([("server", $0.via)], Self.number($0.opens.waitSeconds ?? 0)) })
+        family("tunneld_opens_per_second", "gauge", "Channel opens the server answered in the last second.",
+               servers.map { ([("server", $0.via)], "\($0.opens.perSecond)") })
+        family("tunneld_overload_refusals_total", "counter", "Clients refused at once because their wait for a channel would have passed connect_timeout.",
+               servers.map { ([("server", $0.via)], "\($0.opens.overloadRefusals)") })
         family("tunneld_session_age_seconds", "gauge", "Seconds the server's oldest session has been up (0 when none is).",
                servers.map { ([("server", $0.via)], Self.number($0.sessionAgeSeconds ?? 0)) })
         family("tunneld_connect_failures_total", "counter", "Failed attempts to set up a session with the server.",

@@ -44,10 +44,20 @@ struct ChannelOpener {
         var isAbandoned = false
     }
 
-    private(set) var queue: [Request] = []
+    /// Probes and health probes, served before clients (they are few, and a probe is urgent).
+    private var internalQueue: [Request] = []
+    /// Clients waiting for a channel, by deadline (earliest first), from `clientHead` on: a
+    /// burst of thousands is queued, served and expired at O(1) per client.
+    private var clients: [Connection] = []
+    private var clientHead = 0
     private(set) var current: Open?
     let openTimeout: Double
     let window: UInt32
+    /// How long the server has recently taken to answer an open (a moving average, seconds),
+    /// once one was answered: with one open at a time, its inverse is the session's open rate.
+    private(set) var answerSeconds: Double?
+    /// Opens answered (opened or refused) so far.
+    private(set) var answered = 0
 
     init(openTimeout: Double, window: UInt32 = 2 << 20) {
         self.openTimeout = openTimeout
@@ -55,40 +65,55 @@ struct ChannelOpener {
     }
 
     /// Queues a client's open; its deadline is `openTimeout` from now, or stays what it was
-    /// when the client moved here from another session (moving never extends a wait).
+    /// when the client moved here from another session (moving never extends a wait, and
+    /// such a client goes before those with later deadlines).
     mutating func enqueue(_ connection: Connection, now: ContinuousClock.Instant) {
         if connection.openDeadline == nil { connection.openDeadline = now + Duration(seconds: openTimeout) }
-        queue.append(.client(connection))
+        let deadline = connection.openDeadline!
+        if let last = clients.last, clients.count > clientHead, last.openDeadline! > deadline {
+            // Rare (a moved client): find its place by deadline.
+            var low = clientHead, high = clients.count
+            while low < high {
+                let middle = (low + high) / 2
+                if clients[middle].openDeadline! <= deadline { low = middle + 1 } else { high = middle }
+            }
+            clients.insert(connection, at: low)
+        } else {
+            clients.append(connection)
+        }
     }
 
     /// Queues a probe, unless one is queued or under way.
     mutating func enqueueProbe() {
         guard !hasProbe else { return }
-        queue.append(.probe)
+        internalQueue.append(.probe)
     }
 
     /// Queues a health probe, unless one for the same service is queued or under way.
     mutating func enqueueHealth(_ check: HealthCheck) {
-        let pending = queue + (current.map { [$0.request] } ?? [])
+        let pending = internalQueue + (current.map { [$0.request] } ?? [])
         let isPending = pending.contains { if case .health(let other) = $0 { return other.service == check.service } else { return false } }
-        if !isPending { queue.append(.health(check)) }
+        if !isPending { internalQueue.append(.health(check)) }
     }
 
     /// Whether a probe is queued or under way.
     var hasProbe: Bool {
         if let current, case .probe = current.request { return true }
-        return queue.contains { if case .probe = $0 { return true } else { return false } }
+        return internalQueue.contains { if case .probe = $0 { return true } else { return false } }
     }
+
+    /// Whether anything (a client, a probe) waits to be opened after the open under way.
+    var hasQueue: Bool { !internalQueue.isEmpty || queuedClientCount > 0 }
+
+    /// Clients queued behind the open under way.
+    var queuedClientCount: Int { clients.count - clientHead }
 
     /// Whether any client waits for a channel (abandoned opens do not count).
     var hasClients: Bool { clientCount > 0 }
 
     /// How many clients wait for a channel.
     var clientCount: Int {
-        var count = queue.reduce(0) { count, request in
-            if case .client = request { return count + 1 }
-            return count
-        }
+        var count = queuedClientCount
         if let current, !current.isAbandoned, case .client = current.request { count += 1 }
         return count
     }
@@ -111,11 +136,12 @@ struct ChannelOpener {
     /// for `keeping` stay (another session would be stuck on that target too).
     mutating func takeQueuedClients(keeping: Endpoint? = nil) -> [Connection] {
         var taken: [Connection] = []
-        queue.removeAll { request in
-            guard case .client(let connection) = request, connection.target != keeping else { return false }
-            taken.append(connection)
-            return true
+        var kept: [Connection] = []
+        for connection in clients[clientHead...] {
+            if connection.target == keeping { kept.append(connection) } else { taken.append(connection) }
         }
+        clients = kept
+        clientHead = 0
         return taken
     }
 
@@ -127,18 +153,48 @@ struct ChannelOpener {
             taken.insert(connection, at: 0)
         }
         current = nil
-        queue.removeAll()
+        internalQueue.removeAll()
         return taken
     }
 
     /// The earliest client deadline, for the loop's poll timeout.
     var nextDeadline: ContinuousClock.Instant? {
-        var deadlines = queue.compactMap { request -> ContinuousClock.Instant? in
-            if case .client(let connection) = request { return connection.openDeadline }
-            return nil
+        let queued = clientHead < clients.count ? clients[clientHead].openDeadline : nil
+        let underWay = current.flatMap { deadline(of: $0) }
+        switch (queued, underWay) {
+        case (let a?, let b?): return min(a, b)
+        case (let a?, nil): return a
+        case (nil, let b): return b
         }
-        if let current, let deadline = deadline(of: current) { deadlines.append(deadline) }
-        return deadlines.min()
+    }
+
+    /// The next request to start: probes and health probes first, then the earliest client.
+    private mutating func takeNext() -> Request? {
+        if !internalQueue.isEmpty { return internalQueue.removeFirst() }
+        guard clientHead < clients.count else { return nil }
+        let connection = clients[clientHead]
+        clientHead += 1
+        compactClients()
+        return .client(connection)
+    }
+
+    /// Drops the served part of `clients` once it is most of the array.
+    private mutating func compactClients() {
+        if clientHead == clients.count {
+            clients.removeAll(keepingCapacity: clients.count < 4096)
+            clientHead = 0
+        } else if clientHead >= 1024 && clientHead * 2 >= clients.count {
+            clients.removeFirst(clientHead)
+            clientHead = 0
+        }
+    }
+
+    /// Counts an answered open into `answerSeconds`.
+    private mutating func recordAnswer(of open: Open, now: ContinuousClock.Instant) {
+        answered += 1
+        guard !open.isAbandoned else { return }
+        let seconds = (now - open.startedAt).seconds
+        answerSeconds = answerSeconds.map { $0 * 0.8 + seconds * 0.2 } ?? seconds
     }
 
     /// When the open under way is given up for whoever asked: a client's own deadline, a
@@ -173,10 +229,10 @@ struct ChannelOpener {
     private mutating func progress(on session: any TunnelSession, now: ContinuousClock.Instant, into events: inout [Event]) throws -> [Event] {
         while true {
             if current == nil {
-                guard !queue.isEmpty else { break }
+                guard let next = takeNext() else { break }
                 // `now` is read by the caller just before this call, not at the start of
                 // the pass: bytes taken in earlier in the pass are no answer to this open.
-                current = Open(request: queue.removeFirst(), startedAt: now)
+                current = Open(request: next, startedAt: now)
             }
             guard let open = current else { break }
             switch open.request {
@@ -189,6 +245,7 @@ struct ChannelOpener {
                     return events + expire(now: now)
                 }
                 current = nil
+                recordAnswer(of: open, now: now)
                 switch result {
                 case .success(let channel):
                     events.append(open.isAbandoned ? .late(channel) : .healthy(check, channel))
@@ -204,6 +261,7 @@ struct ChannelOpener {
                     return events + expire(now: now)
                 }
                 current = nil
+                recordAnswer(of: open, now: now)
                 switch result {
                 case .success(let channel):
                     events.append(open.isAbandoned ? .late(channel) : .opened(connection, channel))
@@ -249,13 +307,15 @@ struct ChannelOpener {
         let busyReason = "no channel could be opened within \(openTimeout.secondsText) s: the session was busy"
         let stuckTarget = openUnderWay?.target
         let sameTargetReason = "\(unansweredReason) (it waited behind an open to the same target)"
-        queue.removeAll { request in
-            guard case .client(let connection) = request, let deadline = connection.openDeadline, now >= deadline else { return false }
+        // By deadline order, only the head can have expired.
+        while clientHead < clients.count, let deadline = clients[clientHead].openDeadline, now >= deadline {
+            let connection = clients[clientHead]
+            clientHead += 1
             // Behind an open to its own target, the client waited on that target's silence.
             let reason = connection.target == stuckTarget ? sameTargetReason : busyReason
             events.append(.expired(connection, reason: reason))
-            return true
         }
+        compactClients()
         return events
     }
 }

@@ -16,7 +16,17 @@ import TunnelConfig
 ///   gets a session of its own (dedicated, outside `maxSessions` like a stuck one), so that
 ///   one dead target's open never stands again in front of another target's clients. A
 ///   dedicated session whose open is answered becomes an ordinary one.
-/// - At most one connect is under way: clients that arrive meanwhile wait for it.
+/// - At most one connect is under way: clients that arrive meanwhile wait for it; except in
+///   a burst.
+/// - A burst: libssh2 has one channel open in flight per session, so a session's clients wait
+///   for a channel one answer after another. When the client would wait more than
+///   `burstWaitBound` (its session's queue times the server's recent answer time), and more
+///   than a new session takes to connect, a burst session is started (up to `burstConnects` connecting at once, within the hard cap), and
+///   takes clients while the others' queues are long. Burst sessions take no client once the
+///   others' waits are short again, so they linger out after the burst.
+/// - Overload is refused at once: a client whose shortest possible wait would pass
+///   `connect_timeout`, with no session left to start, is refused now with the reason,
+///   instead of waiting in a queue to be refused at its deadline.
 /// - Backoff throttles tunneld's own retries, never a client, except within `Backoff.floor`
 ///   of a failed attempt: then the client is refused with that failure's reason.
 /// - A persistent server keeps one session that is persistent; when it ends or fails, the
@@ -37,8 +47,9 @@ struct ServerSessions<Client> {
         case connected(SessionID, route: RouteCheck)
         /// The session could not be set up; the clients it held are handed back.
         case connectFailed(SessionID, reason: String, isLocalShortage: Bool, clients: [Client])
-        /// The session's loop ran a pass: its load, and the open under way, if one is.
-        case report(SessionID, load: Int, openUnderWay: OpenUnderWay?, isProbing: Bool)
+        /// The session's loop ran a pass: its load, the open under way, if one is, and its
+        /// open queue.
+        case report(SessionID, load: Int, openUnderWay: OpenUnderWay?, isProbing: Bool, opens: OpenQueue = OpenQueue())
         /// The session ended. Clients that had no channel yet (with their targets and whether
         /// they were retries) are handed back; `diedOf` is set when the session failed.
         case ended(SessionID, diedOf: String?, orphans: [Orphan], servedAnyone: Bool, lifetime: Duration)
@@ -69,6 +80,16 @@ struct ServerSessions<Client> {
         var since: ContinuousClock.Instant
     }
 
+    /// A session's channel-open queue, as it reports it.
+    struct OpenQueue: Equatable {
+        /// Clients waiting for a channel, the one under way included.
+        var waiting = 0
+        /// How long the server recently took to answer one open, once known (seconds).
+        var answerSeconds: Double?
+        /// Opens answered so far.
+        var answered = 0
+    }
+
     /// What the pool must do.
     enum Command {
         /// Start a new session thread with this number.
@@ -87,6 +108,8 @@ struct ServerSessions<Client> {
         case checkRoute(SessionID)
         /// Say once that the hard cap is reached.
         case capReached(sessions: Int)
+        /// Say that session N starts for a burst: clients wait this long for a channel.
+        case burstStarted(SessionID, waiting: Int, waitSeconds: Double)
     }
 
     /// Where a session is in its life, as the core sees it.
@@ -112,6 +135,12 @@ struct ServerSessions<Client> {
         var dedicatedTarget: Endpoint?
         /// Whether it has reported an open under way (a dedicated session's first).
         var hasReportedOpen = false
+        /// Its open queue, as last reported, plus the clients handed to it since.
+        var opens = OpenQueue()
+        /// Started for a burst: it takes clients only while the others' waits are long.
+        var isBurst = false
+        /// When it was started, while it connects.
+        var startedAt: ContinuousClock.Instant?
 
         /// Whether its open under way has waited past the stuck bound at `now`.
         func isStuck(at now: ContinuousClock.Instant) -> Bool {
@@ -125,6 +154,12 @@ struct ServerSessions<Client> {
     static var spreadThreshold: Int { 4 }
     /// How many stuck sessions a server may have beyond `maxSessions`.
     static var stuckAllowance: Int { 16 }
+    /// A client expected to wait longer than this for its channel starts a burst session.
+    static var burstWaitBound: Double { 0.1 }
+    /// At most this many sessions connect at once in a burst (DESIGN: one connect per server in flight).
+    static var burstConnects: Int { 1 }
+    /// What an open is assumed to take before any was answered (seconds).
+    static var assumedAnswerSeconds: Double { 0.001 }
 
     private(set) var settings: SessionSettings
     private(set) var sessions: [SessionID: Session] = [:]
@@ -135,6 +170,14 @@ struct ServerSessions<Client> {
     private(set) var isAtCap = false
     private(set) var isStopping = false
     private var nextID: SessionID = 1
+    /// How long connects recently took (a moving average, seconds), once one succeeded.
+    private(set) var connectSeconds: Double?
+    /// How long the server recently took to answer an open, over all its sessions.
+    private(set) var answerSeconds: Double?
+    /// Opens answered in the last second, in tenths of a second.
+    private var answerRate = TenthsCounter()
+    /// Clients refused at once because the wait would pass connect_timeout.
+    private(set) var overloadRefusals = 0
 
     init(settings: SessionSettings) {
         self.settings = settings
@@ -158,6 +201,11 @@ struct ServerSessions<Client> {
             route(client, target: target, avoiding: avoiding, now: now, into: &commands)
         case .connected(let id, let check):
             backoff.succeeded()
+            if let startedAt = sessions[id]?.startedAt {
+                let seconds = (now - startedAt).seconds
+                connectSeconds = connectSeconds.map { $0 * 0.7 + seconds * 0.3 } ?? seconds
+            }
+            sessions[id]?.startedAt = nil
             sessions[id]?.phase = .up
             sessions[id]?.upSince = now
             if case .route(let facts) = check { sessions[id]?.route = facts }
@@ -170,9 +218,13 @@ struct ServerSessions<Client> {
             _ = backoff.failed(reason, now: now)
             for client in clients { commands.append(.refuse(client, reason: reason)) }
             if wasPersistent { startPersistentIfMissing(now: now, into: &commands) }
-        case .report(let id, let load, let open, let isProbing):
+        case .report(let id, let load, let open, let isProbing, let opens):
             guard sessions[id] != nil else { break }
             sessions[id]!.load = load
+            let answeredNow = opens.answered - sessions[id]!.opens.answered
+            if answeredNow > 0 { answerRate.add(answeredNow, at: now) }
+            if let seconds = opens.answerSeconds { answerSeconds = seconds }
+            sessions[id]!.opens = opens
             sessions[id]!.openUnderWay = open
             if open != nil {
                 sessions[id]!.hasReportedOpen = true
@@ -266,7 +318,7 @@ struct ServerSessions<Client> {
         let hasRoom = ordinary.count < settings.maxSessions && ids.count < hardCap
         // A client handed back from behind a stuck open gets a session for its target.
         if avoiding != nil && ids.count < hardCap {
-            let id = startSession(isPersistent: false, into: &commands)
+            let id = startSession(isPersistent: false, now: now, into: &commands)
             sessions[id]!.dedicatedTarget = target
             hand(client, to: id, into: &commands)
             return
@@ -276,10 +328,16 @@ struct ServerSessions<Client> {
             return session.phase == .up && !session.isSuspect && !session.isStuck(at: now) && session.dedicatedTarget == nil
         }
         let refusal = backoff.refusal(now: now)
-        // 2. The least loaded ready session, unless it is busy and a sibling may start.
-        if let best = ready.min(by: { sessions[$0]!.load < sessions[$1]!.load }),
+        // 2. The least loaded ready session, unless it is busy and a sibling may start, or
+        //    its client would wait long for a channel (a burst).
+        if let best = ready.filter({ !sessions[$0]!.isBurst }).min(by: { sessions[$0]!.load < sessions[$1]!.load })
+            ?? ready.min(by: { sessions[$0]!.load < sessions[$1]!.load }),
            sessions[best]!.load < Self.spreadThreshold || !hasRoom || refusal != nil {
-            hand(client, to: best, into: &commands)
+            if expectedWait(at: best, now: now) <= burstThreshold {
+                hand(client, to: best, into: &commands)
+            } else {
+                routeInBurst(client, ready: ready, others: others, refusal: refusal, now: now, into: &commands)
+            }
             return
         }
         // 3. The connect under way.
@@ -296,7 +354,7 @@ struct ServerSessions<Client> {
         //    races the old ones' probes) and the hard cap allows.
         let allSuspect = !others.isEmpty && others.allSatisfy { sessions[$0]!.isSuspect }
         if hasRoom || (allSuspect && ids.count < hardCap) || ids.isEmpty {
-            let id = startSession(isPersistent: settings.isPersistent && !sessions.values.contains(where: \.isPersistent), into: &commands)
+            let id = startSession(isPersistent: settings.isPersistent && !sessions.values.contains(where: \.isPersistent), now: now, into: &commands)
             hand(client, to: id, into: &commands)
             return
         }
@@ -310,15 +368,71 @@ struct ServerSessions<Client> {
         hand(client, to: least, into: &commands)
     }
 
+    /// Every ready session's client would wait long: the session with the shortest wait,
+    /// connecting ones included, unless a burst session may start; refused at once when even
+    /// the shortest wait passes connect_timeout and no session can start.
+    private mutating func routeInBurst(_ client: Client, ready: [SessionID], others: [SessionID], refusal: String?, now: ContinuousClock.Instant, into commands: inout [Command]) {
+        let candidates = others.filter { id in
+            let session = sessions[id]!
+            return session.dedicatedTarget == nil && !session.isSuspect && !session.isStuck(at: now)
+                && (ready.contains(id) || session.phase == .connecting)
+        }
+        let shortest = candidates.min { expectedWait(at: $0, now: now) < expectedWait(at: $1, now: now) }
+        let wait = shortest.map { expectedWait(at: $0, now: now) } ?? .infinity
+        if wait > burstThreshold && refusal == nil && sessions.count < hardCap
+            && sessions.values.filter({ $0.phase == .connecting }).count < Self.burstConnects {
+            let id = startSession(isPersistent: false, now: now, into: &commands)
+            sessions[id]!.isBurst = true
+            commands.append(.burstStarted(id, waiting: waitingForChannel, waitSeconds: wait))
+            hand(client, to: id, into: &commands)
+            return
+        }
+        if let shortest, wait <= settings.openTimeout {
+            hand(client, to: shortest, into: &commands)
+            return
+        }
+        overloadRefusals += 1
+        let waiting = sessions.values.reduce(0) { $0 + $1.opens.waiting }
+        commands.append(.refuse(client, reason: "overloaded: \(waiting) clients wait for a channel to \(settings.key.server) on \(sessions.count) sessions, "
+            + "and this one would wait about \(Self.secondsText(wait)) s, past connect_timeout (\(settings.openTimeout.secondsText) s)"))
+    }
+
+    /// How long a new client of session `id` would wait before its own open starts: the
+    /// clients before it times the server's recent answer time, after the connect for a
+    /// session connecting.
+    func expectedWait(at id: SessionID, now: ContinuousClock.Instant) -> Double {
+        guard let session = sessions[id] else { return .infinity }
+        let answer = session.opens.answerSeconds ?? answerSeconds ?? Self.assumedAnswerSeconds
+        var wait = Double(session.opens.waiting) * answer
+        if session.phase == .connecting {
+            let connect = connectSeconds ?? 0.1
+            let elapsed = session.startedAt.map { (now - $0).seconds } ?? 0
+            wait += max(0, connect - elapsed)
+        }
+        return wait
+    }
+
+    /// A wait longer than this starts a burst session: the bound, or what a new session takes
+    /// to connect, if longer (on a far server, waiting in the queue is then quicker).
+    private var burstThreshold: Double {
+        max(Self.burstWaitBound, connectSeconds ?? Self.burstWaitBound)
+    }
+
+    private static func secondsText(_ seconds: Double) -> String {
+        seconds.isFinite ? String(Double(Int(seconds * 10)) / 10) : "forever"
+    }
+
     private mutating func hand(_ client: Client, to id: SessionID, into commands: inout [Command]) {
         sessions[id]!.load += 1
+        sessions[id]!.opens.waiting += 1
         commands.append(.hand(client, to: id))
     }
 
-    private mutating func startSession(isPersistent: Bool, into commands: inout [Command]) -> SessionID {
+    private mutating func startSession(isPersistent: Bool, now: ContinuousClock.Instant, into commands: inout [Command]) -> SessionID {
         let id = nextID
         nextID += 1
         sessions[id] = Session(isPersistent: isPersistent)
+        sessions[id]!.startedAt = now
         commands.append(.start(id, isPersistent: isPersistent))
         return id
     }
@@ -328,7 +442,7 @@ struct ServerSessions<Client> {
     private mutating func startPersistentIfMissing(now: ContinuousClock.Instant, into commands: inout [Command]) {
         guard settings.isPersistent, !isStopping, !sessions.values.contains(where: \.isPersistent) else { return }
         if let retryAt = backoff.retryAt, retryAt > now { return }
-        _ = startSession(isPersistent: true, into: &commands)
+        _ = startSession(isPersistent: true, now: now, into: &commands)
     }
 
     // MARK: Status
@@ -341,4 +455,48 @@ struct ServerSessions<Client> {
     var isConnecting: Bool { sessions.values.contains { $0.phase == .connecting } }
     /// When the oldest session up came up.
     var oldestUpSince: ContinuousClock.Instant? { sessions.values.compactMap(\.upSince).min() }
+    /// Clients waiting for a channel, over all sessions.
+    var waitingForChannel: Int { sessions.values.reduce(0) { $0 + $1.opens.waiting } }
+    /// How long the next client would wait for its channel at `now` on the best session up.
+    func nextClientWait(at now: ContinuousClock.Instant) -> Double? {
+        sessions.keys.filter { sessions[$0]!.phase == .up && !sessions[$0]!.isStuck(at: now) }.map { expectedWait(at: $0, now: now) }.min()
+    }
+    /// Opens answered per second, over the last second.
+    mutating func opensPerSecond(at now: ContinuousClock.Instant) -> Int {
+        answerRate.lastSecond(at: now)
+    }
+    /// Burst sessions now.
+    var burstSessions: Int { sessions.values.filter(\.isBurst).count }
+}
+
+/// Counts events in the last second, in ten buckets of a tenth: O(1) to add and to read.
+struct TenthsCounter {
+    private var buckets = [Int](repeating: 0, count: 10)
+    private var origin: ContinuousClock.Instant?
+    /// The tenth (since `origin`) the newest bucket stands for.
+    private var newest = 0
+
+    mutating func add(_ count: Int, at now: ContinuousClock.Instant) {
+        let tenth = advance(to: now)
+        buckets[tenth % 10] += count
+    }
+
+    /// Events in the last second.
+    mutating func lastSecond(at now: ContinuousClock.Instant) -> Int {
+        _ = advance(to: now)
+        return buckets.reduce(0, +)
+    }
+
+    private mutating func advance(to now: ContinuousClock.Instant) -> Int {
+        let origin = origin ?? now
+        self.origin = origin
+        let tenth = max(newest, Int((now - origin).seconds * 10))
+        if tenth - newest >= 10 {
+            buckets = [Int](repeating: 0, count: 10)
+        } else if tenth > newest {
+            for stale in (newest + 1)...tenth { buckets[stale % 10] = 0 }
+        }
+        newest = tenth
+        return tenth
+    }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import Logging
+import Platform
 import SSHTransport
 import TunnelConfig
 
@@ -8,9 +9,20 @@ import TunnelConfig
 /// and says when the session lingered out, was told to stop, or died.
 ///
 /// It owns the session, its channels and its clients; it is driven by one thread (its
-/// supervisor), which hands it clients (`add`) and commands (`stopping`, `markSuspect`) and
-/// reads its state (`load`, `busySince`). It reports what happened as a value (`Ending`)
-/// and never calls up.
+/// supervisor), which hands it clients (`add`) and commands (`stopping`, `markSuspect`),
+/// sleeps in `wait` and reads its state (`load`, `busySince`). It reports what happened as a
+/// value (`Ending`) and never calls up.
+///
+/// A pass costs what is ready, not what is owned: clients are waited on in epoll sets
+/// (`SessionReadiness`) whose interest changes only when a client's changes, and only the
+/// clients epoll reports are pumped. The channel side is the one exception, and the reason is
+/// libssh2's: every packet that arrives is filed in one list for the whole session, and the
+/// only way to learn whether a channel has data or an EOF is to ask that channel. So after a
+/// pass in which the session socket brought bytes (and only then), every channel that could
+/// take data is asked, at the cost of a walk of libssh2's list of unread packets, which this
+/// loop keeps short by reading what it finds at once. An idle session's channels are asked
+/// nothing; a session receiving bytes pays one cheap question per channel per batch of
+/// packets, not a system call per channel as a read would be.
 final class SessionEventLoop {
     /// Whether the session should end once its connections are done.
     enum Stopping: Equatable {
@@ -37,11 +49,23 @@ final class SessionEventLoop {
     private let clock: () -> ContinuousClock.Instant
 
     private var opener: ChannelOpener
-    private var connections: [Connection] = []
+    private let readiness: SessionReadiness
+    /// The connections with a channel, by slot (a slot's number is its epoll token).
+    private var slots: [Slot?] = []
+    private var freeSlots: [Int] = []
+    /// How many slots are taken.
+    private var liveCount = 0
+    /// How many connections can take what the server sends, or have bytes for it.
+    private var takersOfServerData = 0
+    /// Slots whose descriptors epoll cannot wait on: served in every pass.
+    private var alwaysReady: Set<Int> = []
     private var closingChannels: [any TunnelChannel] = []
-    /// The connection of each client entry of the last poll set, in its order (a connection
-    /// with separate input and output descriptors has two entries).
-    private var polledConnections: [Connection] = []
+    /// What the last `wait` found ready.
+    private var found = SessionReadiness.Found()
+    /// The session's received-byte count when its channels were last asked for input.
+    private var askedAtReceived = -1
+    /// Channels were left with work when the last pass's bound was reached.
+    private var isChannelWorkLeft = false
     private var idleSince: ContinuousClock.Instant?
     /// When the unanswered probe was sent, if one is out.
     private var probeSentAt: ContinuousClock.Instant?
@@ -63,10 +87,26 @@ final class SessionEventLoop {
     /// Clients that had no channel yet when the session ended; the supervisor moves them on.
     private(set) var orphans: [Connection] = []
 
+    /// One connection with a channel, with what the epoll sets hold for it.
+    private final class Slot {
+        let connection: Connection
+        let index: Int
+        var registration = SessionReadiness.ClientRegistration()
+        /// Counted in `takersOfServerData`.
+        var takesServerData = false
+
+        init(_ connection: Connection, index: Int) {
+            self.connection = connection
+            self.index = index
+        }
+    }
+
+    /// - `readiness`: the epoll sets to wait in (made by the supervisor, which can fail).
     /// - `health`: where the settings' health probes report; nil for a session that does not probe.
-    init(session: any TunnelSession, settings: SessionSettings, logger: Logger, health: HealthBoard? = nil,
+    init(session: any TunnelSession, readiness: SessionReadiness, settings: SessionSettings, logger: Logger, health: HealthBoard? = nil,
          clock: @escaping () -> ContinuousClock.Instant = { .now }) {
         self.session = session
+        self.readiness = readiness
         self.settings = settings
         self.health = health
         self.logger = logger
@@ -111,7 +151,16 @@ final class SessionEventLoop {
     var isProbing: Bool { urgentSince != nil && probeSentAt != nil }
 
     /// Live connections plus clients waiting for a channel.
-    var load: Int { connections.count + opener.clientCount }
+    var load: Int { liveCount + opener.clientCount }
+
+    /// Clients waiting for a channel (the one under way included).
+    var waitingForChannel: Int { opener.clientCount }
+
+    /// How long the server has recently taken to answer an open, in seconds, once known.
+    var openAnswerSeconds: Double? { opener.answerSeconds }
+
+    /// Opens the server answered so far.
+    var opensAnswered: Int { opener.answered }
 
     /// Since when the channel open under way has waited, if one is.
     var busySince: ContinuousClock.Instant? { opener.busySince }
@@ -120,7 +169,7 @@ final class SessionEventLoop {
     var openUnderWay: (target: Endpoint, since: ContinuousClock.Instant)? { opener.openUnderWay }
 
     /// Whether clients wait behind the open under way.
-    var hasQueuedClients: Bool { opener.queue.contains { if case .client = $0 { return true } else { return false } } }
+    var hasQueuedClients: Bool { opener.queuedClientCount > 0 }
 
     /// The clients waiting behind the open under way, taken out to go to a sibling session;
     /// those for `keeping` (the stuck open's own target) stay.
@@ -130,34 +179,36 @@ final class SessionEventLoop {
 
     // MARK: One pass
 
-    /// One pass over everything that may have progressed, given the events of `pollSet`
-    /// (from `buildPollSet`). Returns an ending, or nil to go on.
-    func step(pollSet: [pollfd]) -> Ending? {
+    /// One pass over what may have progressed since the last `wait`. Returns an ending, or
+    /// nil to go on.
+    func step() -> Ending? {
         if case .whenIdle(let deadline?) = stopping, deadline <= clock() {
             closeAll(.shutdown)
             return .stopped
         }
         if let reason = pendingDeath { return die(reason) }
-        let sessionEvents = pollSet.count > 1 ? pollSet[1].revents : 0
+        let sessionEvents = found.session
         do {
             if sessionEvents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
                 return die("the connection to the server was lost")
             }
             try session.flush()
             if session.isPeerClosed { return die("the server closed the connection") }
+            if sessionEvents & Int16(POLLIN) != 0 {
+                // Bytes wait in the socket: libssh2 reads them only when asked.
+                try anyChannel?.fileArrivedPackets()
+            }
 
             try progressOpens()
-            var clientEvents: [ObjectIdentifier: Int16] = [:]
-            for (index, connection) in polledConnections.enumerated() where index + 2 < pollSet.count && pollSet[index + 2].revents != 0 {
-                clientEvents[ObjectIdentifier(connection), default: 0] |= pollSet[index + 2].revents
+            for (index, events) in found.clients {
+                if let slot = slots[index] { try serve(slot, revents: events) }
             }
-            for connection in connections {
-                try pumpOne(connection, revents: clientEvents[ObjectIdentifier(connection)] ?? 0)
+            for index in alwaysReady {
+                if let slot = slots[index] { try serve(slot, revents: Int16(POLLIN | POLLOUT)) }
             }
             closingChannels.removeAll { $0.free() }
-            try settle()
-            connections.removeAll { $0.isClosed }
-            if sessionEvents & Int16(POLLIN) != 0 && connections.isEmpty && opener.current == nil && !opener.hasProbe {
+            try serveChannels()
+            if sessionEvents & Int16(POLLIN) != 0 && liveCount == 0 && opener.current == nil && !opener.hasProbe {
                 // The server spoke while no channel was there to read it: a probe takes it in.
                 opener.enqueueProbe()
                 try progressOpens()
@@ -165,8 +216,7 @@ final class SessionEventLoop {
             if let ending = try checkLiveness() { return ending }
             try runDueHealthChecks()
             // The probes above may have read data for channels, or opened one: deliver it now.
-            try settle()
-            connections.removeAll { $0.isClosed }
+            try serveChannels()
             try session.acknowledgeReads()
             try session.flush()
         } catch {
@@ -177,34 +227,53 @@ final class SessionEventLoop {
 
     /// Every libssh2 call may read the session socket and keep what it read for others: data
     /// and EOFs for channels pumped earlier in this pass, window room, the answer to the open
-    /// under way. The socket then no longer says so, so finish that work now, until a pass
-    /// finds none (bounded, so one busy channel cannot hold the loop).
-    private func settle() throws {
+    /// under way. The socket then no longer says so, so finish that work now, until a round
+    /// finds none (bounded, so one busy channel cannot hold the loop; what is left makes the
+    /// next wait return at once). Channels are asked only when the session received bytes
+    /// since they were last asked: nothing else changes what libssh2 holds for them.
+    private func serveChannels() throws {
+        isChannelWorkLeft = false
+        var isReadLeft = false
         for _ in 0..<16 {
             var moved = false
             if opener.current != nil {
-                let before = connections.count
+                let before = liveCount
                 let wasBusySince = opener.busySince
                 try progressOpens()
-                moved = connections.count != before || opener.busySince != wasBusySince
+                moved = liveCount != before || opener.busySince != wasBusySince
             }
-            for connection in connections where !connection.isClosed {
-                guard let channel = connection.channel else { continue }
-                let canRead = connection.toClient.isEmpty && !connection.serverEOF && channel.hasBufferedInput
-                let canWrite = !connection.toServer.isEmpty && channel.canWrite
-                if canRead || canWrite {
-                    try pumpOne(connection, revents: 0)
+            if session.receivedCount != askedAtReceived {
+                // An open's answer, a probe's or a close's is read packet by packet, and
+                // what came after it may still be unparsed in libssh2's buffer: file it all.
+                try anyChannel?.fileArrivedPackets()
+                askedAtReceived = session.receivedCount
+                isReadLeft = false
+                for case let slot? in slots {
+                    let connection = slot.connection
+                    guard let channel = connection.channel, !connection.isClosed else { continue }
+                    let canRead = connection.toClient.isEmpty && !connection.serverEOF && channel.hasBufferedInput
+                    let owesServer = !connection.toServer.isEmpty || (connection.clientEOF && !connection.channelEOFSent)
+                    guard canRead || (owesServer && channel.canWrite) else { continue }
+                    try serve(slot, revents: 0)
                     moved = true
+                    // A read that would block with data waiting is asked again next pass.
+                    if canRead, let channel = connection.channel, connection.toClient.isEmpty, !connection.serverEOF, channel.hasBufferedInput {
+                        isReadLeft = true
+                    }
                 }
             }
-            if !moved { return }
+            if !moved { break }
+        }
+        if isReadLeft || session.receivedCount != askedAtReceived {
+            isChannelWorkLeft = true
+            askedAtReceived = -1
         }
     }
 
     // MARK: Channel opens
 
     private func progressOpens() throws {
-        var opened: [Connection] = []
+        var opened: [Slot] = []
         // What happened before a session failure still happened: a channel that opened joins
         // the connections, so that it ends with the session, not in no list at all.
         let progress = opener.progress(on: session, now: clock())
@@ -215,8 +284,7 @@ final class SessionEventLoop {
                 connection.stats.channelOpened(after: (clock() - connection.acceptedAt).seconds)
                 connection.replySocksSuccess()
                 connection.channel = channel
-                connections.append(connection)
-                opened.append(connection)
+                opened.append(admit(connection))
             case .refused(let connection, let reason):
                 connection.finish(.refused(reason), logger: logger)
             case .expired(let connection, let reason):
@@ -237,7 +305,7 @@ final class SessionEventLoop {
         // libssh2 stops reading at the open confirmation; what came with it (a server's
         // banner) waits in its transport buffer, where neither poll nor the packet list shows
         // it. Reading the new channel now takes it in and delivers it.
-        for connection in opened { try pumpOne(connection, revents: 0) }
+        for slot in opened { try serve(slot, revents: 0) }
     }
 
     // MARK: Liveness
@@ -248,7 +316,7 @@ final class SessionEventLoop {
         if urgent && urgentSince == nil { urgentSince = now }
         guard probeSentAt == nil else { return }
         probeSentAt = now
-        if opener.current == nil && opener.queue.isEmpty {
+        if opener.current == nil && !opener.hasQueue {
             opener.enqueueProbe()
         } else {
             do {
@@ -298,7 +366,7 @@ final class SessionEventLoop {
 
     /// Idle means no client: keepalive probes keep the session alive, not in use.
     private func checkIdle() -> Ending? {
-        guard connections.isEmpty && !opener.hasClients else {
+        guard liveCount == 0 && !opener.hasClients else {
             idleSince = nil
             return nil
         }
@@ -323,76 +391,118 @@ final class SessionEventLoop {
     /// Ends every connection: those with a channel get what already arrived first; those
     /// without one become orphans.
     private func closeAll(_ outcome: ConnectionOutcome) {
-        for connection in connections where !connection.isClosed {
+        for case let slot? in slots {
+            let connection = slot.connection
             _ = connection.flushToClient()
             connection.channel = nil
+            release(slot)
             connection.finish(connection.isFinished ? .ok : outcome, logger: logger)
         }
-        connections.removeAll()
         closingChannels.removeAll()
         orphans.append(contentsOf: opener.takeAllClients().filter { !$0.isClosed })
     }
 
+    // MARK: Connections
+
+    /// A channel of a live connection, if any.
+    private var anyChannel: (any TunnelChannel)? {
+        for case let slot? in slots {
+            if let channel = slot.connection.channel { return channel }
+        }
+        return nil
+    }
+
+    /// Gives a connection whose channel opened a slot, and waits on its client from now on.
+    private func admit(_ connection: Connection) -> Slot {
+        let index = freeSlots.popLast() ?? slots.count
+        let slot = Slot(connection, index: index)
+        if index == slots.count { slots.append(slot) } else { slots[index] = slot }
+        liveCount += 1
+        refresh(slot)
+        return slot
+    }
+
+    /// Stops waiting on a connection's client and frees its slot (before its descriptors close).
+    private func release(_ slot: Slot) {
+        guard slots[slot.index] === slot else { return }
+        let connection = slot.connection
+        readiness.forgetClient(input: connection.input, output: connection.output, registration: &slot.registration)
+        if slot.takesServerData { takersOfServerData -= 1 }
+        alwaysReady.remove(slot.index)
+        slots[slot.index] = nil
+        freeSlots.append(slot.index)
+        liveCount -= 1
+    }
+
+    /// After a connection moved: what its client is waited on for, and whether it can take
+    /// the server's data, change only if they changed.
+    private func refresh(_ slot: Slot) {
+        let connection = slot.connection
+        readiness.watchClient(slot.index, input: connection.input, wantsInput: connection.toServer.isEmpty && !connection.clientEOF,
+                              output: connection.output, wantsOutput: !connection.toClient.isEmpty, registration: &slot.registration)
+        if slot.registration.isAlwaysReady { alwaysReady.insert(slot.index) }
+        let takes = !((connection.serverEOF || !connection.toClient.isEmpty) && connection.toServer.isEmpty)
+        if takes != slot.takesServerData {
+            slot.takesServerData = takes
+            takersOfServerData += takes ? 1 : -1
+        }
+    }
+
     // MARK: Copying
 
-    private func pumpOne(_ connection: Connection, revents: Int16) throws {
+    private func serve(_ slot: Slot, revents: Int16) throws {
+        let connection = slot.connection
         guard !connection.isClosed else { return }
-        switch try pump.pump(connection, revents: revents, mayReadClient: session.pendingOutputCount < outputHighWater) {
+        let result: ChannelPump.Result
+        do {
+            result = try pump.pump(connection, revents: revents, mayReadClient: session.pendingOutputCount < outputHighWater)
+        } catch {
+            refresh(slot)
+            throw error
+        }
+        switch result {
         case .open:
-            break
+            refresh(slot)
         case .finished:
-            close(connection, .ok)
+            close(slot, .ok)
         case .clientFailed(let code):
-            close(connection, .clientError(String(cString: strerror(code))))
+            close(slot, .clientError(String(cString: strerror(code))))
         }
     }
 
     /// Ends one connection: its channel is closed in the background, its client now.
-    private func close(_ connection: Connection, _ outcome: ConnectionOutcome) {
+    private func close(_ slot: Slot, _ outcome: ConnectionOutcome) {
+        let connection = slot.connection
         if let channel = connection.channel {
             if !channel.free() { closingChannels.append(channel) }
             connection.channel = nil
         }
+        release(slot)
         connection.finish(outcome, logger: logger)
     }
 
-    // MARK: Polling
+    // MARK: Waiting
 
     /// Whether no channel can take what the server sends now: every client is behind, and
     /// nothing waits to be written. Then the session socket is not read, so that the
     /// server's data waits in the kernel and in the channel windows, not in our memory.
     private var isSessionReadPaused: Bool {
-        guard !connections.isEmpty, opener.current == nil, opener.queue.isEmpty else { return false }
-        return connections.allSatisfy { ($0.serverEOF || !$0.toClient.isEmpty) && $0.toServer.isEmpty }
+        liveCount > 0 && takersOfServerData == 0 && opener.current == nil && !opener.hasQueue
     }
 
-    /// The descriptors to wait on: `wakeup`, the session socket, then each client (in
-    /// `polledConnections` order). A client with nothing to wait for is left out (fd -1), so
-    /// that a hang-up it reported already does not wake the loop again and again.
-    func buildPollSet(wakeup: Int32) -> [pollfd] {
-        var set: [pollfd] = []
-        set.reserveCapacity(connections.count + 2)
-        set.append(pollfd(fd: wakeup, events: Int16(POLLIN), revents: 0))
+    /// Sleeps until the session, a client or the wake-up pipe is ready, or the loop's next
+    /// deadline (`bound` caps the sleep, for the watchdog); remembers what was ready for the
+    /// next `step`. Returns whether the wake-up pipe was signalled.
+    func wait(bound: (Int32) -> Int32 = { $0 }) -> Bool {
         var sessionEvents = session.pollEvents
         if isSessionReadPaused { sessionEvents &= ~Int16(POLLIN) }
-        set.append(pollfd(fd: session.socket, events: sessionEvents, revents: 0))
-        let mayRead = session.pendingOutputCount < outputHighWater
-        polledConnections.removeAll(keepingCapacity: true)
-        for connection in connections {
-            let wantsInput = mayRead && connection.toServer.isEmpty && !connection.clientEOF
-            let wantsOutput = !connection.toClient.isEmpty
-            if connection.isOneSocket {
-                let events = (wantsInput ? Int16(POLLIN) : 0) | (wantsOutput ? Int16(POLLOUT) : 0)
-                set.append(pollfd(fd: events == 0 ? -1 : connection.input, events: events, revents: 0))
-                polledConnections.append(connection)
-            } else {
-                set.append(pollfd(fd: wantsInput ? connection.input : -1, events: Int16(POLLIN), revents: 0))
-                set.append(pollfd(fd: wantsOutput ? connection.output : -1, events: Int16(POLLOUT), revents: 0))
-                polledConnections.append(connection)
-                polledConnections.append(connection)
-            }
-        }
-        return set
+        readiness.watchSession(session.socket, events: sessionEvents)
+        readiness.readClients(session.pendingOutputCount < outputHighWater)
+        let deadline = nextDeadline
+        let busy = isChannelWorkLeft || !alwaysReady.isEmpty || deadline <= .now
+        let timeout = busy ? 0 : Socket.milliseconds(until: deadline + .milliseconds(2))
+        found = readiness.wait(timeout: bound(timeout))
+        return found.isWoken
     }
 
     /// When the loop must run next even if nothing happens: keepalive, probe bounds, open

@@ -50,6 +50,8 @@ final class SessionPool: @unchecked Sendable {
         var sessionsStuck = 0
         /// Whether the hard cap on sessions is reached.
         var isAtCap = false
+        /// The channel-open queue over the server's sessions.
+        var opens = StatusReport.OpenQueue()
         /// Seconds the oldest session up has been up.
         var oldestSessionSeconds: Double?
         /// Failed connects since start.
@@ -198,6 +200,11 @@ final class SessionPool: @unchecked Sendable {
                 supervisors[id]?.stop(drainUntil: nil)
             case .checkRoute(let id):
                 supervisors[id]?.checkRoute()
+            case .burstStarted(let id, let waiting, let wait):
+                logger.info("session started for a burst of connections", metadata: [
+                    "ssh.host": "\(key.server)", "session": "\(id)", "clients.waiting": "\(waiting)",
+                    "wait.seconds": "\((wait * 1000).rounded() / 1000)",
+                ])
             case .capReached(let count):
                 logger.warning("session cap reached: clients wait for a session of the server", metadata: [
                     "ssh.host": "\(key.server)", "sessions": "\(count)",
@@ -256,6 +263,10 @@ final class SessionPool: @unchecked Sendable {
                 state: .idle, sessionsUp: up, sessionsStuck: core.stuckCount(at: now), isAtCap: core.isAtCap,
                 oldestSessionSeconds: core.oldestUpSince.map { (now - $0).seconds },
                 connectFailures: core.connectFailures, lastError: core.backoff.lastError, lastErrorAt: server.lastErrorAt)
+            status.opens = StatusReport.OpenQueue(
+                waiting: core.waitingForChannel, waitSeconds: core.nextClientWait(at: now),
+                perSecond: state.servers[key]!.core.opensPerSecond(at: now),
+                burstSessions: core.burstSessions, overloadRefusals: core.overloadRefusals)
             if let wait = core.backoff.wait(now: now), up == 0 {
                 status.state = .backingOff
                 status.retryAt = Date().addingTimeInterval(wait)

@@ -35,6 +35,7 @@ final class SessionSupervisor: @unchecked Sendable {
     private let watchdog: Watchdog?
     private let health: HealthBoard?
     private let wakeup: Wakeup
+    private let readiness: SessionReadiness
     private let mailbox = Locked(Mailbox())
 
     /// - `report`: where its events go (the pool, for this server).
@@ -43,6 +44,7 @@ final class SessionSupervisor: @unchecked Sendable {
     init(id: Int, settings: SessionSettings, isPersistent: Bool, factory: any SessionFactory, logger: Logger,
          watchdog: Watchdog?, health: HealthBoard?, report: @escaping @Sendable (Event) -> Void) throws {
         wakeup = try Wakeup()
+        readiness = try SessionReadiness(wakeup: wakeup.readEnd)
         self.id = id
         self.settings = settings
         self.isPersistent = isPersistent
@@ -127,7 +129,7 @@ final class SessionSupervisor: @unchecked Sendable {
         upMetadata["connect.seconds"] = "\((ContinuousClock.now - started).seconds.threeDecimals)"
         logger.info("session up", metadata: upMetadata)
 
-        let loop = SessionEventLoop(session: session, settings: settings, logger: logger, health: isPersistent ? health : nil)
+        let loop = SessionEventLoop(session: session, readiness: readiness, settings: settings, logger: logger, health: isPersistent ? health : nil)
         let ending = drive(loop, socket: session.socket)
         var downMetadata = metadata
         var diedOf: String?
@@ -168,13 +170,13 @@ final class SessionSupervisor: @unchecked Sendable {
         var load: Int
         var openUnderWay: ServerSessions<Connection>.OpenUnderWay?
         var isProbing: Bool
+        var opens: ServerSessions<Connection>.OpenQueue
     }
 
     /// Runs the event loop until the session ends: hands it clients and commands, reports
-    /// its load and the open under way when they change, hands back the clients queued
-    /// behind a stuck open, and sleeps in `poll` between passes.
+    /// its load, its open queue and the open under way when they change, hands back the
+    /// clients queued behind a stuck open, and sleeps in the loop's `wait` between passes.
     private func drive(_ loop: SessionEventLoop, socket: Int32) -> SessionEventLoop.Ending {
-        var pollSet: [pollfd] = []
         var reported: Reported?
         let beat = watchdog?.join()
         defer { watchdog?.leave(beat) }
@@ -192,29 +194,24 @@ final class SessionSupervisor: @unchecked Sendable {
             if mustProbe { loop.markSuspect() }
             if mustCheckRoute { report(.routeChecked(id, RouteCheck.of(socket: socket))) }
 
-            if let ending = loop.step(pollSet: pollSet) {
-                if ending == .lingeredOut && !retireIfIdle() {
-                    pollSet = []
-                    continue
-                }
+            if let ending = loop.step() {
+                if ending == .lingeredOut && !retireIfIdle() { continue }
                 return ending
             }
             let now = ContinuousClock.now
-            let state = Reported(load: loop.load + mailbox.withLock { $0.inbox.count },
+            let inbox = mailbox.withLock { $0.inbox.count }
+            let state = Reported(load: loop.load + inbox,
                                  openUnderWay: loop.openUnderWay.map { .init(target: $0.target, since: $0.since) },
-                                 isProbing: loop.isProbing)
+                                 isProbing: loop.isProbing,
+                                 opens: .init(waiting: loop.waitingForChannel + inbox, answerSeconds: loop.openAnswerSeconds, answered: loop.opensAnswered))
             if state != reported {
                 reported = state
-                report(.report(id, load: state.load, openUnderWay: state.openUnderWay, isProbing: state.isProbing))
+                report(.report(id, load: state.load, openUnderWay: state.openUnderWay, isProbing: state.isProbing, opens: state.opens))
             }
-            handBackQueuedClientsIfStuck(loop, now: now)
+            handBackQueuedClientsIfStuck(loop, now: now, opens: state.opens)
             watchdog?.beat(beat)
 
-            pollSet = loop.buildPollSet(wakeup: wakeup.readEnd)
-            let deadline = loop.nextDeadline
-            let timeout = deadline <= .now ? 0 : Socket.milliseconds(until: deadline + .milliseconds(2))
-            _ = poll(&pollSet, nfds_t(pollSet.count), watchdog?.bound(timeout) ?? timeout)
-            if pollSet[0].revents != 0 { wakeup.drain() }
+            if loop.wait(bound: { [watchdog] in watchdog?.bound($0) ?? $0 }) { wakeup.drain() }
         }
     }
 
@@ -230,11 +227,13 @@ final class SessionSupervisor: @unchecked Sendable {
     /// libssh2 has one open under way per session: when it has waited past the stuck bound,
     /// the clients queued behind it for other targets are handed back to go to a sibling
     /// (those for the stuck target stay: they would be stuck anywhere).
-    private func handBackQueuedClientsIfStuck(_ loop: SessionEventLoop, now: ContinuousClock.Instant) {
+    private func handBackQueuedClientsIfStuck(_ loop: SessionEventLoop, now: ContinuousClock.Instant, opens: ServerSessions<Connection>.OpenQueue) {
         guard let open = loop.openUnderWay, loop.hasQueuedClients, now - open.since >= ServerSessions<Connection>.stuckOpenBound else { return }
         let moving = loop.takeQueuedClients(keeping: open.target)
         guard !moving.isEmpty else { return }
-        report(.report(id, load: loop.load + mailbox.withLock { $0.inbox.count }, openUnderWay: .init(target: open.target, since: open.since), isProbing: loop.isProbing))
+        var opens = opens
+        opens.waiting = loop.waitingForChannel
+        report(.report(id, load: loop.load + mailbox.withLock { $0.inbox.count }, openUnderWay: .init(target: open.target, since: open.since), isProbing: loop.isProbing, opens: opens))
         for connection in moving {
             report(.clientArrived(connection, target: connection.target, avoiding: id))
         }

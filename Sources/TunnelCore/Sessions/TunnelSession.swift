@@ -14,6 +14,9 @@ protocol TunnelSession: AnyObject {
     var pendingOutputCount: Int { get }
     /// When bytes last arrived from the server.
     var lastReceived: ContinuousClock.Instant { get }
+    /// Bytes received from the server so far: while it does not change, libssh2 holds
+    /// nothing new for any channel.
+    var receivedCount: Int { get }
     /// Whether the server closed the connection.
     var isPeerClosed: Bool { get }
 
@@ -48,6 +51,9 @@ protocol TunnelChannel: AnyObject {
     var hasBufferedInput: Bool { get }
     /// Whether the server's window has room.
     var canWrite: Bool { get }
+    /// Makes libssh2 file every packet that has arrived, for any channel, without taking
+    /// any: afterwards `hasBufferedInput` sees them all.
+    func fileArrivedPackets() throws
 }
 
 extension SSHSession: TunnelSession {
