@@ -1,0 +1,43 @@
+import Foundation
+import Glibc
+import XCTest
+
+/// A burst of connections to one service (issue 23): every one is served and echoes exactly
+/// its own bytes; none is refused, reset or left waiting.
+final class BurstTests: XCTestCase {
+    func test01_TwoThousandConnectionsInABurstAllEchoTheirOwnBytes() throws {
+        let count = 2_000
+        // The test holds both ends it makes (clients and echo side); tunneld and sshd,
+        // started below, inherit the limit from this process.
+        let limit = ManyClients.raiseDescriptorLimit(to: 3 * count + 1_000)
+        try XCTSkipIf(limit < 2 * count + 200, "the descriptor limit (\(limit)) is too low for \(count) clients and their echoes")
+        let sshd = try SSHServer()
+        let echo = try PolledEchoServer()
+        defer { echo.stop() }
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["burst": stanza("burst", port: port, via: sshd, target: echo.port)])
+        // One warm client first: the burst measures serving, not the first login.
+        XCTAssertEqual(try TCP.exchange(port: port, Array("warm".utf8), timeout: 10), Array("warm".utf8), tunneld.log)
+
+        // The status a user would see while the burst is being served.
+        let statusDuringBurst = FailureList()
+        let statusThread = Thread {
+            usleep(1_000_000)
+            let answer = try? runProgram(TunneldProcess.binary, ["status", "--socket", tunneld.controlSocket], timeout: 10)
+            statusDuringBurst.append(answer.map { "exit \($0.status)\n\($0.output)\($0.error)" } ?? "status did not run")
+        }
+        statusThread.start()
+        let result = EchoBurst.run(port: port, count: count, timeout: 40)
+        _ = waitUntil(timeout: 10) { !statusDuringBurst.all.isEmpty }
+        print("burst of \(count) through tunneld: \(result.summary)")
+        print("tunneld status 1 s into the burst:\n\(statusDuringBurst.all.first ?? "none")")
+        print("tunneld RSS after the burst: \(tunneld.residentKiB) KiB; the echo server accepted \(echo.connectionCount)")
+
+        XCTAssertEqual(result.echoed, count, "every client echoes exactly its own bytes: \(result.summary)\n\(tunneld.log.suffix(3_000))")
+        XCTAssertFalse(result.endings.contains { if case .wrongBytes = $0 { return true } else { return false } }, "no bytes crossed between clients: \(result.summary)")
+        XCTAssertLessThan(result.seconds, 30, "the burst is served within half a minute: \(result.summary)")
+        let failed = tunneld.connectionLines(containing: " warning ")
+        XCTAssertTrue(failed.isEmpty, "tunneld ended no connection with a failure (\(failed.count) did): \(failed.prefix(5))")
+        XCTAssertTrue(tunneld.isRunning)
+    }
+}
