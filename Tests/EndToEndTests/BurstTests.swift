@@ -40,4 +40,17 @@ final class BurstTests: XCTestCase {
         XCTAssertTrue(failed.isEmpty, "tunneld ended no connection with a failure (\(failed.count) did): \(failed.prefix(5))")
         XCTAssertTrue(tunneld.isRunning)
     }
+
+    func test02_TheDaemonRaisesSystemdsSoftDescriptorLimitToTheHardOne() throws {
+        // systemd's default for services: soft 1024, hard far higher.
+        let sshd = try SSHServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["a": stanza("a", port: port, via: sshd, target: TCP.freePort())],
+                                         wrapper: ["/usr/bin/prlimit", "--nofile=1024:4096"])
+        let limits = try String(contentsOfFile: "/proc/\(tunneld.pid)/limits", encoding: .utf8)
+        let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+        XCTAssertEqual(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst(3).prefix(2), ["4096", "4096"], "soft raised to hard: \(line)")
+        XCTAssertTrue(tunneld.log.contains("open-file limit set to the hard limit nofile=4096 nofile.before=1024"), tunneld.log)
+        XCTAssertTrue(tunneld.log.contains("max_connections=3968"), "the connection bound follows the raised limit (4096 less the reserve of 128): \(tunneld.log)")
+    }
 }
