@@ -53,4 +53,29 @@ final class BurstTests: XCTestCase {
         XCTAssertTrue(tunneld.log.contains("open-file limit set to the hard limit nofile=4096 nofile.before=1024"), tunneld.log)
         XCTAssertTrue(tunneld.log.contains("max_connections=3968"), "the connection bound follows the raised limit (4096 less the reserve of 128): \(tunneld.log)")
     }
+
+    func test03_ABurstPastCPSPausesTheServiceAtTheFirstClientOverTheRate() throws {
+        let sshd = try SSHServer()
+        let echo = try EchoServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["a": stanza("a", port: port, via: sshd, target: echo.port, extra: "    cps = 5 6")])
+        // Twenty clients wait in the backlog at once: the listener finds them in one pass.
+        tunneld.signal(SIGSTOP)
+        let clients = try (0..<20).map { _ in try TCP.connect(port: port) }
+        defer { clients.forEach { close($0) } }
+        for fd in clients { try TCP.sendAll(fd, [7]) }
+        tunneld.signal(SIGCONT)
+        usleep(3_000_000)
+        var served = 0, refused = 0, waiting = 0
+        for fd in clients {
+            var byte: UInt8 = 0
+            switch recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) {
+            case 1: served += 1
+            case 0: refused += 1
+            default: if errno == EAGAIN { waiting += 1 } else { refused += 1 }
+            }
+        }
+        XCTAssertEqual([served, refused, waiting], [5, 1, 14], "five served, the sixth refused, the rest wait out the pause in the backlog (served, refused, waiting): \(tunneld.log)")
+        XCTAssertEqual(tunneld.connectionLines(containing: "limit: cps").count, 1, tunneld.log)
+    }
 }
