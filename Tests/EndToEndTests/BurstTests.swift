@@ -78,4 +78,41 @@ final class BurstTests: XCTestCase {
         XCTAssertEqual([served, refused, waiting], [5, 1, 14], "five served, the sixth refused, the rest wait out the pause in the backlog (served, refused, waiting): \(tunneld.log)")
         XCTAssertEqual(tunneld.connectionLines(containing: "limit: cps").count, 1, tunneld.log)
     }
+
+    func test04_ASOCKSClientIsServedAtOnceWhileFiveHundredSilentOnesWaitOutTheirHandshakeTimeout() throws {
+        let sshd = try SSHServer()
+        let echo = try EchoServer()
+        let port = TCP.freePort()
+        let tunneld = try TunneldProcess(stanzas: ["proxy": socksStanza("proxy", port: port, via: sshd)])
+        let silentSince = Date()
+        let silent = try (0..<500).map { _ in try TCP.connect(port: port, timeout: 15) }
+        defer { silent.forEach { close($0) } }
+        usleep(200_000)
+
+        let started = Date()
+        let fd = try TCP.connect(port: port, timeout: 5)
+        defer { close(fd) }
+        try TCP.sendAll(fd, [5, 1, 0])
+        var reply = [UInt8](repeating: 0, count: 10)
+        XCTAssertEqual(recv(fd, &reply, 2, Int32(MSG_WAITALL)), 2)
+        XCTAssertEqual(Array(reply.prefix(2)), [5, 0])
+        try TCP.sendAll(fd, [5, 1, 0, 1, 127, 0, 0, 1, UInt8(echo.port >> 8), UInt8(echo.port & 0xff)])
+        XCTAssertEqual(recv(fd, &reply, 10, Int32(MSG_WAITALL)), 10)
+        XCTAssertEqual(Array(reply.prefix(2)), [5, 0], "the CONNECT succeeds")
+        try TCP.sendAll(fd, Array("through".utf8))
+        var echoed = [UInt8](repeating: 0, count: 7)
+        XCTAssertEqual(recv(fd, &echoed, 7, Int32(MSG_WAITALL)), 7)
+        XCTAssertEqual(String(decoding: echoed, as: UTF8.self), "through")
+        XCTAssertLessThan(Date().timeIntervalSince(started), 1, "served at once beside 500 clients in their handshake")
+
+        // Each silent client is closed at its handshake deadline (10 s), not before.
+        for client in silent {
+            var byte: UInt8 = 0
+            XCTAssertEqual(recv(client, &byte, 1, 0), 0, "closed without a reply")
+        }
+        let seconds = Date().timeIntervalSince(silentSince)
+        XCTAssertGreaterThan(seconds, 9.5)
+        XCTAssertLessThan(seconds, 12, "all closed by their deadline")
+        XCTAssertTrue(tunneld.waitForLog("no SOCKS5 request within 10 s", count: 500, timeout: 2), tunneld.log.suffix(2_000).description)
+    }
 }
