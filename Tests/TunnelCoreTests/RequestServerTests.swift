@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Platform
 import XCTest
 @testable import TunnelCore
 
@@ -21,11 +22,11 @@ final class RequestServerTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private func start(maximumClients: Int, requestDeadline: Double = 1) {
+    private func start(maximumClients: Int, requestDeadline: Double = 1) throws {
         var limits = RequestServer.Limits(maximumRequest: 64)
         limits.maximumClients = maximumClients
         limits.requestDeadline = requestDeadline
-        let server = RequestServer(listening: listening, limits: limits, isWhole: { $0.contains(UInt8(ascii: "\n")) }) { request, _ in
+        let server = RequestServer(listening: listening, events: try EventPoll(), limits: limits, isWhole: { $0.contains(UInt8(ascii: "\n")) }) { request, _ in
             Array("got \(String(decoding: request, as: UTF8.self))".utf8)
         }
         server.start(name: "test")
@@ -58,7 +59,7 @@ final class RequestServerTests: XCTestCase {
     }
 
     func testWhenFullTheOldestSilentClientMakesRoomForANewOne() throws {
-        start(maximumClients: 2, requestDeadline: 30)
+        try start(maximumClients: 2, requestDeadline: 30)
         let oldest = try connectClient()
         defer { close(oldest) }
         Thread.sleep(forTimeInterval: 0.05)
@@ -75,7 +76,7 @@ final class RequestServerTests: XCTestCase {
     }
 
     func testAClientThatTricklesIsClosedAtItsDeadlineWhileOthersAreServed() throws {
-        start(maximumClients: 64, requestDeadline: 0.5)
+        try start(maximumClients: 64, requestDeadline: 0.5)
         let trickler = try connectClient()
         defer { close(trickler) }
         let started = Date()

@@ -4,8 +4,11 @@ import Logging
 import Platform
 import TunnelConfig
 
-/// The accept loop: one thread polls every service's listening socket and hands each new
-/// client to the session pool. The set of sockets can change while it runs (reload).
+/// The accept loop: one thread waits in epoll for any service's listening socket to have
+/// clients and hands each new client to the session pool. A pass costs the ready sockets, not
+/// every socket: a socket's interest changes only when its service is paused (cps) or
+/// resumed, all sockets pause at once (one nested set) while descriptors are exhausted, and
+/// the set of sockets changes only on a reload (`upsert`, `remove`).
 final class Listener: @unchecked Sendable {
     /// A bound, listening socket and the service it serves. The listener owns the socket.
     struct Endpoint {
@@ -32,6 +35,10 @@ final class Listener: @unchecked Sendable {
     private let socks: SocksGate
     private let logger: Logger
     private let wakeup: Wakeup
+    /// What the thread waits on: the wake-up pipe and the set of listening sockets.
+    private let events: EventPoll
+    /// Every service's listening sockets, each with its descriptor as its token.
+    private let sockets: EventPoll
     private let lock = Lock()
     private var endpoints: [Endpoint]
     /// Sockets the thread must close on its next pass, and who waits for that.
@@ -42,6 +49,8 @@ final class Listener: @unchecked Sendable {
 
     init(endpoints: [Endpoint], pool: SessionPool, budget: ConnectionBudget, logger: Logger) throws {
         wakeup = try Wakeup()
+        events = try EventPoll(capacity: 2)
+        sockets = try EventPoll(capacity: 64)
         socks = try SocksGate(pool: pool, logger: logger)
         self.endpoints = endpoints
         self.pool = pool
@@ -97,64 +106,80 @@ final class Listener: @unchecked Sendable {
         finished.wait()
     }
 
+    /// The listener thread's own state: what is registered and what is paused. Only `run`
+    /// and the functions it calls touch it.
+    private struct Registry {
+        /// The served endpoints by service name, as of the last reload.
+        var served: [String: Endpoint] = [:]
+        /// Each watched listening socket: its service and its registration in `sockets`.
+        var watched: [Int32: (service: String, registration: EventPoll.Registration)] = [:]
+        /// Services paused by their cps limit, and until when.
+        var paused: [String: ContinuousClock.Instant] = [:]
+        /// Until when every socket is paused because descriptors ran out.
+        var exhaustedUntil: ContinuousClock.Instant?
+        var wakeupRegistration = EventPoll.Registration()
+        var socketsRegistration = EventPoll.Registration()
+    }
+
+    private static let wakeupToken: UInt64 = 0
+    private static let socketsToken: UInt64 = 1
+
     private func run() {
-        var pausedUntil: ContinuousClock.Instant?
+        var registry = Registry()
+        events.update(wakeup.readEnd, token: Self.wakeupToken, to: .readable, registration: &registry.wakeupRegistration)
+        events.update(sockets.descriptor, token: Self.socketsToken, to: .readable, registration: &registry.socketsRegistration)
         // Running out of descriptors is logged once a minute at most: a flood must not flood the log too.
         var exhaustionLoggedAt: ContinuousClock.Instant?
         let beat = pool.watchdog?.join()
         defer { pool.watchdog?.leave(beat) }
+        var isWoken = true
+        var ready: [Int32] = []
         while true {
             pool.watchdog?.beat(beat)
-            lock.lock()
-            let current = endpoints
-            let toClose = closing
-            closing.removeAll()
-            let stopping = isStopping
-            lock.unlock()
-            if !toClose.isEmpty {
-                for fd in toClose { close(fd) }
-                closed.signal()
-            }
-            if stopping { break }
-
-            var set = [pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)]
-            let now = ContinuousClock.now
-            let isPaused = pausedUntil.map { $0 > now } ?? false
-            var wakeAt = isPaused ? pausedUntil : nil
-            /// The endpoint and socket of each entry of `set` after the wake-up pipe.
-            var polled: [(endpoint: Endpoint, fd: Int32)] = []
-            for endpoint in current {
-                // A service over its cps rate is not polled until its pause ends.
-                let servicePause = endpoint.limits.pause(at: now)
-                if let servicePause { wakeAt = min(wakeAt ?? servicePause, servicePause) }
-                for fd in endpoint.fds {
-                    set.append(pollfd(fd: isPaused || servicePause != nil ? -1 : fd, events: Int16(POLLIN), revents: 0))
-                    polled.append((endpoint, fd))
-                }
-            }
-            let timeout = wakeAt.map { Socket.milliseconds(until: $0) } ?? -1
-            _ = poll(&set, nfds_t(set.count), pool.watchdog?.bound(timeout) ?? timeout)
-            if set[0].revents != 0 {
+            if isWoken {
                 wakeup.drain()
-                continue
+                guard synchronize(&registry) else { break }
             }
-            for (index, (endpoint, listening)) in polled.enumerated() where set[index + 1].revents != 0 {
+            let now = ContinuousClock.now
+            resumeEndedPauses(&registry, now: now)
+            let wakeAt = ([registry.exhaustedUntil].compactMap { $0 } + registry.paused.values).min()
+            let timeout = wakeAt.map { Socket.milliseconds(until: $0) } ?? -1
+            isWoken = false
+            var hasClients = false
+            events.wait(timeout: pool.watchdog?.bound(timeout) ?? timeout) { event in
+                if event.token == Self.wakeupToken { isWoken = true } else { hasClients = true }
+            }
+            // Changes first: a ready socket may belong to a service just removed.
+            guard hasClients, !isWoken else { continue }
+            ready.removeAll(keepingCapacity: true)
+            sockets.wait(timeout: 0) { ready.append(Int32(truncatingIfNeeded: $0.token)) }
+            for listening in ready {
+                // A service paused in this pass (its other address was ready too) waits.
+                guard let service = registry.watched[listening]?.service, let endpoint = registry.served[service],
+                      registry.paused[service] == nil else { continue }
                 do {
                     // A bounded batch per wake-up keeps one busy service from starving the others.
                     for _ in 0..<64 {
                         guard let (fd, peer) = try Socket.accept(from: listening) else { break }
                         admit(fd: fd, peer: peer, endpoint: endpoint)
+                        // A service over its cps rate accepts nothing more until its pause ends.
+                        if let until = endpoint.limits.pause() {
+                            pause(service, until: until, &registry)
+                            break
+                        }
                     }
-                } catch let error as SocketError where [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.code) {
+                } catch let error as SocketError where error.isLocalShortage {
                     if exhaustionLoggedAt.map({ ContinuousClock.now - $0 > .seconds(60) }) ?? true {
                         logger.error("accepting paused: out of file descriptors; live connections continue", metadata: [
-                            "service": "\(endpoint.service.name)", "error": "\(error)",
+                            "service": "\(service)", "error": "\(error)",
                         ])
                         exhaustionLoggedAt = .now
                     }
-                    pausedUntil = .now + .milliseconds(100)
+                    registry.exhaustedUntil = .now + .milliseconds(100)
+                    events.update(sockets.descriptor, token: Self.socketsToken, to: [], registration: &registry.socketsRegistration)
+                    break
                 } catch {
-                    logger.error("accept failed", metadata: ["service": "\(endpoint.service.name)", "error": "\(error)"])
+                    logger.error("accept failed", metadata: ["service": "\(service)", "error": "\(error)"])
                 }
             }
         }
@@ -162,8 +187,84 @@ final class Listener: @unchecked Sendable {
         let remaining = endpoints
         endpoints.removeAll()
         lock.unlock()
-        for endpoint in remaining { endpoint.fds.forEach { close($0) } }
+        for endpoint in remaining {
+            for fd in endpoint.fds {
+                if var registration = registry.watched[fd]?.registration { sockets.remove(fd, registration: &registration) }
+                close(fd)
+            }
+        }
         finished.signal()
+    }
+
+    /// Takes the endpoints and sockets to close from a reload: closes what was removed (and
+    /// lets `remove` return), registers new sockets, drops gone ones, and takes the new
+    /// service of each. Returns false when the listener is stopping. Costs the number of
+    /// services, once per reload.
+    private func synchronize(_ registry: inout Registry) -> Bool {
+        lock.lock()
+        let current = endpoints
+        let toClose = closing
+        closing.removeAll()
+        let stopping = isStopping
+        lock.unlock()
+        if !toClose.isEmpty {
+            for fd in toClose {
+                if var registration = registry.watched.removeValue(forKey: fd)?.registration { sockets.remove(fd, registration: &registration) }
+                close(fd)
+            }
+            closed.signal()
+        }
+        if stopping { return false }
+        registry.served = Dictionary(current.map { ($0.service.name, $0) }, uniquingKeysWith: { _, last in last })
+        registry.paused = registry.paused.filter { registry.served[$0.key] != nil }
+        let now = ContinuousClock.now
+        var kept: Set<Int32> = []
+        for endpoint in current {
+            let name = endpoint.service.name
+            if let until = endpoint.limits.pause(at: now) { registry.paused[name] = until }
+            let interest: EventPoll.Interest = registry.paused[name] == nil ? .readable : []
+            for fd in endpoint.fds {
+                kept.insert(fd)
+                var registration = registry.watched[fd]?.registration ?? EventPoll.Registration()
+                sockets.update(fd, token: Self.token(fd), to: interest, registration: &registration)
+                registry.watched[fd] = (name, registration)
+            }
+        }
+        for (fd, entry) in registry.watched where !kept.contains(fd) {
+            var registration = entry.registration
+            sockets.remove(fd, registration: &registration)
+            registry.watched[fd] = nil
+        }
+        return true
+    }
+
+    private static func token(_ fd: Int32) -> UInt64 { UInt64(UInt32(bitPattern: fd)) }
+
+    /// Stops waiting for `service`'s clients until `until` (its cps pause).
+    private func pause(_ service: String, until: ContinuousClock.Instant, _ registry: inout Registry) {
+        registry.paused[service] = until
+        setInterest([], of: service, &registry)
+    }
+
+    /// Waits for clients again on what was paused and whose pause has ended by `now`.
+    private func resumeEndedPauses(_ registry: inout Registry, now: ContinuousClock.Instant) {
+        if let until = registry.exhaustedUntil, until <= now {
+            registry.exhaustedUntil = nil
+            events.update(sockets.descriptor, token: Self.socketsToken, to: .readable, registration: &registry.socketsRegistration)
+        }
+        for (service, until) in registry.paused where until <= now {
+            registry.paused[service] = nil
+            setInterest(.readable, of: service, &registry)
+        }
+    }
+
+    private func setInterest(_ interest: EventPoll.Interest, of service: String, _ registry: inout Registry) {
+        guard let endpoint = registry.served[service] else { return }
+        for fd in endpoint.fds {
+            guard var registration = registry.watched[fd]?.registration else { continue }
+            sockets.update(fd, token: Self.token(fd), to: interest, registration: &registration)
+            registry.watched[fd] = (service, registration)
+        }
     }
 
     /// Applies the access rules and limits, then hands the client to its session.

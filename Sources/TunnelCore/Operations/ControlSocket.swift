@@ -9,6 +9,7 @@ import TunnelConfig
 final class ControlSocket: @unchecked Sendable {
     let path: String
     private let fd: Int32
+    private let events: EventPoll
 
     /// Where the socket lives when the configuration does not say: /run/tunneld as root,
     /// else $XDG_RUNTIME_DIR, else a private directory of its own in /tmp.
@@ -46,6 +47,7 @@ final class ControlSocket: @unchecked Sendable {
     /// - `owner`: the run_as account, whose directory is trusted too.
     init(path: String, group: gid_t? = nil, owner: uid_t? = nil) throws {
         self.path = path
+        events = try EventPoll(capacity: 64)
         fd = try Self.bindSocketFile(path, group: group, owner: owner, what: "control socket")
     }
 
@@ -97,7 +99,7 @@ final class ControlSocket: @unchecked Sendable {
     /// of its own that serves clients at once, each with a second to send its line.
     func start(respond: @escaping @Sendable (String) -> String) {
         let limits = RequestServer.Limits(maximumRequest: Self.maximumRequest)
-        let server = RequestServer(listening: fd, limits: limits, isWhole: { $0.contains(UInt8(ascii: "\n")) }) { request, _ in
+        let server = RequestServer(listening: fd, events: events, limits: limits, isWhole: { $0.contains(UInt8(ascii: "\n")) }) { request, _ in
             let line = request.prefix { $0 != UInt8(ascii: "\n") }
             return Array(respond(String(decoding: line, as: UTF8.self).trimmingWhitespace).utf8)
         }

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Logging
+import Platform
 import TunnelConfig
 
 /// Runs the services of a configuration: binds their sockets, serves clients, reloads on
@@ -22,6 +23,10 @@ public final class Daemon {
     /// Throws only when no service could be started.
     public func run() throws {
         signal(SIGPIPE, SIG_IGN)
+        // Before the connection bound reads it (ConnectionBudget): systemd's soft limit of 1024
+        // would cap the daemon at about 900 connections.
+        let descriptors = DescriptorLimit.raiseSoftToHard()
+        logger.info("open-file limit set to the hard limit", metadata: ["nofile": "\(descriptors.after)", "nofile.before": "\(descriptors.before)"])
         var signals = sigset_t()
         sigemptyset(&signals)
         // USR1: reconnect; CONT: resumed after being stopped (frozen), so sessions are suspect.

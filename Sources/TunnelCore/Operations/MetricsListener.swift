@@ -24,6 +24,7 @@ final class MetricsListener: @unchecked Sendable {
     }
 
     private let fd: Int32
+    private let events: EventPoll
     /// Where the metrics are served.
     let place: Place
     private let allowed: [AddressMatch]
@@ -35,6 +36,7 @@ final class MetricsListener: @unchecked Sendable {
     /// Binds `place`, before the switch to run_as so that a port below 1024 works; clients
     /// wait in the backlog until `start(render:)`.
     init(place: Place, allowed: [AddressMatch], logger: Logger) throws {
+        events = try EventPoll(capacity: 64)
         switch place {
         case .tcp(let address):
             fd = try Socket.listen(on: address, backlog: 128)
@@ -49,7 +51,7 @@ final class MetricsListener: @unchecked Sendable {
     /// Starts serving; `render` makes the exposition text for each scrape.
     func start(render: @escaping @Sendable () -> String) {
         let limits = RequestServer.Limits(maximumRequest: Self.maximumRequest)
-        let server = RequestServer(listening: fd, limits: limits, isWhole: Self.isWholeHead) { [allowed, logger, place] request, storage in
+        let server = RequestServer(listening: fd, events: events, limits: limits, isWhole: Self.isWholeHead) { [allowed, logger, place] request, storage in
             if case .tcp = place {
                 let peer = Socket.endpoint(of: storage)
                 guard Self.admits(peer.host, allowed: allowed) else {

@@ -2,11 +2,13 @@ import Glibc
 import Platform
 
 /// Serves short exchanges (one request, one answer, then close) on a listening socket from
-/// one `poll` loop on its own thread: the control socket and the metrics port. No local client
+/// one epoll loop on its own thread: the control socket and the metrics port. No local client
 /// can hold it: each has `requestDeadline` to send its whole request and `answerDeadline` to
 /// take the answer, at most `maximumClients` are held at once, and a client that arrives when
 /// all are taken pushes out the oldest one still sending its request (else the oldest).
-/// With no client the loop sleeps in `poll` without a timeout.
+/// A pass serves the ready clients only; a client's interest changes once, when it turns
+/// from reading its request to writing its answer. Deadlines are found among the held
+/// clients, which `maximumClients` bounds. With no client the loop sleeps without a timeout.
 final class RequestServer: @unchecked Sendable {
     /// Bounds on what one client may cost.
     struct Limits: Sendable {
@@ -29,23 +31,34 @@ final class RequestServer: @unchecked Sendable {
     private struct Client {
         let fd: Int32
         let peer: sockaddr_storage
-        let acceptedAt: Double
         var deadline: Double
         var request: [UInt8] = []
         /// The answer and how much of it is sent, once the request is whole.
         var answer: [UInt8]?
         var sent = 0
+        var registration = EventPoll.Registration()
+        /// Whether the exchange is over (answered, or the client left).
+        var isDone = false
+
+        /// Reading the request, then writing the answer.
+        var interest: EventPoll.Interest { answer == nil ? .readable : .writable }
     }
 
     private let listening: Int32
+    private let events: EventPoll
     private let limits: Limits
     private let isWhole: Framing
     private let respond: Respond
-    private var clients: [Client] = []
+    /// The held clients by their token in `events` (0 is the listening socket's).
+    private var clients: [UInt64: Client] = [:]
+    private var nextToken: UInt64 = 1
 
-    /// Serves `listening` (made non-blocking here) once `start()` is called.
-    init(listening: Int32, limits: Limits, isWhole: @escaping Framing, respond: @escaping Respond) {
+    /// Serves `listening` (made non-blocking here) once `start()` is called, waiting in
+    /// `events`, a set of its own (made where the socket is bound, so that a shortage of
+    /// descriptors shows there).
+    init(listening: Int32, events: EventPoll, limits: Limits, isWhole: @escaping Framing, respond: @escaping Respond) {
         self.listening = listening
+        self.events = events
         self.limits = limits
         self.isWhole = isWhole
         self.respond = respond
@@ -63,44 +76,49 @@ final class RequestServer: @unchecked Sendable {
         return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
     }
 
+    private static let listeningToken: UInt64 = 0
+
     private func run() {
         var buffer = [UInt8](repeating: 0, count: 4096)
+        var listeningRegistration = EventPoll.Registration()
+        events.update(listening, token: Self.listeningToken, to: .readable, registration: &listeningRegistration)
+        var ready: [EventPoll.Ready] = []
         while true {
-            var fds = [pollfd(fd: listening, events: Int16(POLLIN), revents: 0)]
-            for client in clients {
-                fds.append(pollfd(fd: client.fd, events: Int16(client.answer == nil ? POLLIN : POLLOUT), revents: 0))
-            }
             let timeout: Int32
-            if let nearest = clients.map(\.deadline).min() {
+            if let nearest = clients.values.map(\.deadline).min() {
                 timeout = Int32(max(0, min(60_000, ((nearest - Self.now()) * 1000).rounded(.up))))
             } else {
                 timeout = -1
             }
-            let ready = poll(&fds, nfds_t(fds.count), timeout)
-            if ready < 0 && errno != EINTR { break }
+            ready.removeAll(keepingCapacity: true)
+            events.wait(timeout: timeout) { ready.append($0) }
+            var hasArrivals = false
+            for event in ready {
+                guard event.token != Self.listeningToken else {
+                    hasArrivals = true
+                    continue
+                }
+                guard var client = clients[event.token] else { continue }
+                serve(&client, buffer: &buffer)
+                if client.isDone {
+                    drop(event.token)
+                } else {
+                    events.update(client.fd, token: event.token, to: client.interest, registration: &client.registration)
+                    clients[event.token] = client
+                }
+            }
             let now = Self.now()
-            // Clients first, by descriptor: accepting may drop some and shift the list.
-            var index = 0
-            for entry in fds.dropFirst() {
-                defer { index += 1 }
-                guard entry.revents != 0 else { continue }
-                serve(&clients[index], events: entry.revents, buffer: &buffer)
-            }
-            clients.removeAll { client in
-                let isOver = client.fd < 0 || client.deadline <= now
-                if isOver && client.fd >= 0 { close(client.fd) }
-                return isOver
-            }
-            if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+            for (token, client) in clients where client.deadline <= now { drop(token) }
+            if hasArrivals {
                 guard acceptAll(now: now) else { break }
             }
         }
-        for client in clients { close(client.fd) }
-        clients = []
+        for token in Array(clients.keys) { drop(token) }
+        events.remove(listening, registration: &listeningRegistration)
     }
 
-    /// Reads a request or sends an answer; marks the client done (fd -1, closed) when it is.
-    private func serve(_ client: inout Client, events: Int16, buffer: inout [UInt8]) {
+    /// Reads a request or sends an answer; marks the client done when it is.
+    private func serve(_ client: inout Client, buffer: inout [UInt8]) {
         if client.answer == nil {
             let count = recv(client.fd, &buffer, min(buffer.count, limits.maximumRequest - client.request.count), Int32(MSG_DONTWAIT))
             if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
@@ -126,8 +144,14 @@ final class RequestServer: @unchecked Sendable {
     }
 
     private func finish(_ client: inout Client) {
+        client.isDone = true
+    }
+
+    /// Stops waiting for the client of `token` and closes it.
+    private func drop(_ token: UInt64) {
+        guard var client = clients.removeValue(forKey: token) else { return }
+        events.remove(client.fd, registration: &client.registration)
         close(client.fd)
-        client = Client(fd: -1, peer: client.peer, acceptedAt: client.acceptedAt, deadline: 0)
     }
 
     /// Accepts every waiting client; returns false when the listening socket is gone.
@@ -146,8 +170,8 @@ final class RequestServer: @unchecked Sendable {
             if fd < 0 {
                 switch errno {
                 case EAGAIN, EINTR, ECONNABORTED: return true
-                // Out of descriptors: poll wakes again while the client waits in the backlog;
-                // dropping the oldest held client frees one.
+                // Out of descriptors: the socket stays ready while the client waits in the
+                // backlog; dropping the oldest held client frees one.
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     dropOldest()
                     return true
@@ -155,15 +179,18 @@ final class RequestServer: @unchecked Sendable {
                 }
             }
             if clients.count >= limits.maximumClients { dropOldest() }
-            clients.append(Client(fd: fd, peer: storage, acceptedAt: now, deadline: now + limits.requestDeadline))
+            let token = nextToken
+            nextToken += 1
+            var client = Client(fd: fd, peer: storage, deadline: now + limits.requestDeadline)
+            events.update(fd, token: token, to: client.interest, registration: &client.registration)
+            clients[token] = client
         }
     }
 
     /// Closes the oldest client still sending its request, else the oldest of all.
     private func dropOldest() {
-        guard !clients.isEmpty else { return }
-        let index = clients.indices.first { clients[$0].answer == nil } ?? clients.startIndex
-        close(clients[index].fd)
-        clients.remove(at: index)
+        // Tokens grow with each accept: the smallest is the oldest.
+        guard let token = clients.filter({ $0.value.answer == nil }).keys.min() ?? clients.keys.min() else { return }
+        drop(token)
     }
 }

@@ -7,6 +7,9 @@ import TunnelConfig
 /// client names its target; one that a service's `permit` allows goes on to the session pool
 /// with that target, owed the CONNECT reply; anything else is answered with its SOCKS reply
 /// code and closed before any channel is opened. A client gets `handshakeTimeout` to finish.
+/// A pass of the loop costs the clients that sent something (epoll) and those whose time is
+/// up, never all of them: every client has the same timeout, so the earliest deadline is the
+/// oldest client's, and clients are kept in arrival order.
 final class SocksGate: @unchecked Sendable {
     static let handshakeTimeout: Duration = .seconds(10)
 
@@ -14,17 +17,21 @@ final class SocksGate: @unchecked Sendable {
         var connection: Connection
         var handshake = SocksHandshake()
         var deadline: ContinuousClock.Instant
+        var registration = EventPoll.Registration()
     }
 
     private let pool: SessionPool
     private let logger: Logger
     private let wakeup: Wakeup
+    /// The wake-up pipe (token 0) and each client in its handshake (its arrival number).
+    private let events: EventPoll
     private let inbox = Locked<[Connection]>([])
 
     init(pool: SessionPool, logger: Logger) throws {
         self.pool = pool
         self.logger = logger
         wakeup = try Wakeup()
+        events = try EventPoll()
     }
 
     /// Starts the gate's thread.
@@ -38,31 +45,54 @@ final class SocksGate: @unchecked Sendable {
         wakeup.signal()
     }
 
+    private static let wakeupToken: UInt64 = 0
+
     private func run() {
-        var negotiations: [Negotiation] = []
+        /// The clients in their handshake by arrival number, and the numbers in arrival order,
+        /// hence deadline order, from `oldest` on (with numbers of clients gone since).
+        var negotiations: [UInt64: Negotiation] = [:]
+        var arrivals: [UInt64] = []
+        var oldest = 0
+        var nextToken: UInt64 = 1
+        var wakeupRegistration = EventPoll.Registration()
+        events.update(wakeup.readEnd, token: Self.wakeupToken, to: .readable, registration: &wakeupRegistration)
         var buffer = [UInt8](repeating: 0, count: 1024)
+        var ready: [UInt64] = []
         let beat = pool.watchdog?.join()
         while true {
             pool.watchdog?.beat(beat)
             let now = ContinuousClock.now
             for connection in inbox.withLock({ inbox in defer { inbox.removeAll() }; return inbox }) {
-                negotiations.append(Negotiation(connection: connection, deadline: now + Self.handshakeTimeout))
+                var negotiation = Negotiation(connection: connection, deadline: now + Self.handshakeTimeout)
+                events.update(connection.input, token: nextToken, to: .readable, registration: &negotiation.registration)
+                negotiations[nextToken] = negotiation
+                arrivals.append(nextToken)
+                nextToken += 1
             }
-            negotiations.removeAll { negotiation in
-                guard negotiation.deadline <= now else { return false }
-                negotiation.connection.finish(.clientError("no SOCKS5 request within \(Int(Self.handshakeTimeout.components.seconds)) s"), logger: logger)
-                return true
+            while oldest < arrivals.count {
+                guard var negotiation = negotiations[arrivals[oldest]] else {
+                    oldest += 1
+                    continue
+                }
+                guard negotiation.deadline <= now else { break }
+                negotiations[arrivals[oldest]] = nil
+                oldest += 1
+                leave(&negotiation, closingWith: .clientError("no SOCKS5 request within \(Int(Self.handshakeTimeout.components.seconds)) s"))
             }
-            var set = [pollfd(fd: wakeup.readEnd, events: Int16(POLLIN), revents: 0)]
-            set += negotiations.map { pollfd(fd: $0.connection.input, events: Int16(POLLIN), revents: 0) }
-            let timeout = negotiations.map(\.deadline).min().map { Socket.milliseconds(until: $0) } ?? -1
-            _ = poll(&set, nfds_t(set.count), pool.watchdog?.bound(timeout) ?? timeout)
-            if set[0].revents != 0 { wakeup.drain() }
-            var finished: [Int] = []
-            for index in negotiations.indices where set[index + 1].revents != 0 {
-                if advance(&negotiations[index], buffer: &buffer) { finished.append(index) }
+            if oldest > 1024 && oldest * 2 > arrivals.count {
+                arrivals.removeFirst(oldest)
+                oldest = 0
             }
-            for index in finished.reversed() { negotiations.remove(at: index) }
+            let timeout = arrivals.dropFirst(oldest).first.flatMap { negotiations[$0]?.deadline }.map { Socket.milliseconds(until: $0) } ?? -1
+            ready.removeAll(keepingCapacity: true)
+            events.wait(timeout: pool.watchdog?.bound(timeout) ?? timeout) { ready.append($0.token) }
+            for token in ready {
+                if token == Self.wakeupToken {
+                    wakeup.drain()
+                } else if var negotiation = negotiations[token] {
+                    negotiations[token] = advance(&negotiation, buffer: &buffer) ? nil : negotiation
+                }
+            }
         }
     }
 
@@ -76,11 +106,9 @@ final class SocksGate: @unchecked Sendable {
         case .wouldBlock:
             return false
         case .endOfFile:
-            connection.finish(.clientError("the client closed before its SOCKS5 request"), logger: logger)
-            return true
+            return leave(&negotiation, closingWith: .clientError("the client closed before its SOCKS5 request"))
         case .failed(let code):
-            connection.finish(.clientError(String(cString: strerror(code))), logger: logger)
-            return true
+            return leave(&negotiation, closingWith: .clientError(String(cString: strerror(code))))
         case .bytes(let count):
             bytes = buffer[0..<count]
         }
@@ -88,13 +116,14 @@ final class SocksGate: @unchecked Sendable {
         case .needMore:
             return false
         case .send(let reply):
-            return !send(reply, to: connection)
+            guard send(reply, to: connection) else { return leave(&negotiation, closingWith: Self.deafClient) }
+            return false
         case .refuse(let reply, let reason):
             _ = send(reply, to: connection)
-            connection.finish(.clientError("SOCKS: \(reason)"), logger: logger)
-            return true
+            return leave(&negotiation, closingWith: .clientError("SOCKS: \(reason)"))
         case .connect(let target, let reply, let leftover):
-            guard send(reply, to: connection) else { return true }
+            guard send(reply, to: connection) else { return leave(&negotiation, closingWith: Self.deafClient) }
+            leave(&negotiation, closingWith: nil)
             let named = connection.handOver(to: connection.ticket.socks(target: Endpoint(host: target.host, port: target.port), early: Array(leftover)))
             let permit = named.service.permit
             if !permit.isEmpty && !permit.contains(where: { $0.allows(host: target.host, port: target.port) }) {
@@ -106,15 +135,24 @@ final class SocksGate: @unchecked Sendable {
         }
     }
 
-    /// Writes a handshake reply (a few bytes into an empty socket buffer). Returns false,
-    /// having closed the client, if it could not.
+    private static let deafClient = ConnectionOutcome.clientError("the SOCKS client does not read its replies")
+
+    /// Takes the client out of the gate's set (before a session loop waits on it, or its
+    /// descriptor is closed and reused), then closes it with `outcome` if one is given.
+    /// Returns true: the client has left the gate.
+    @discardableResult
+    private func leave(_ negotiation: inout Negotiation, closingWith outcome: ConnectionOutcome?) -> Bool {
+        events.remove(negotiation.connection.input, registration: &negotiation.registration)
+        if let outcome { negotiation.connection.finish(outcome, logger: logger) }
+        return true
+    }
+
+    /// Writes a handshake reply (a few bytes into an empty socket buffer). Returns false if
+    /// it could not.
     private func send(_ reply: [UInt8], to connection: Connection) -> Bool {
         guard !reply.isEmpty else { return true }
         let result = reply.withUnsafeBytes { DescriptorIO.write(connection.output, $0) }
-        guard case .wrote(let count) = result, count == reply.count else {
-            connection.finish(.clientError("the SOCKS client does not read its replies"), logger: logger)
-            return false
-        }
+        guard case .wrote(let count) = result, count == reply.count else { return false }
         return true
     }
 }

@@ -20,7 +20,13 @@ public struct SocketError: Error, CustomStringConvertible {
 /// it owns or throws `SocketError`.
 enum Socket {
     /// Opens a listening TCP socket on `address` (numeric host), with `SO_REUSEADDR`, non-blocking.
-    static func listen(on address: ListenAddress, backlog: Int32 = 511) throws -> Int32 {
+    /// - `backlog`: completed connections the kernel holds until they are accepted. The
+    ///   default is `SOMAXCONN` (4096), which the kernel caps at `net.core.somaxconn` (4096
+    ///   since Linux 5.4): a burst of thousands of connects then waits in the kernel for the
+    ///   listener's next pass. With the old 511, the connects past it overflowed the queue,
+    ///   their handshakes were dropped and the clients were reset (about 200-300 of a burst
+    ///   of 2,000 on loopback) or left retrying SYNs for seconds.
+    static func listen(on address: ListenAddress, backlog: Int32 = SOMAXCONN) throws -> Int32 {
         var storage = try socketAddress(host: address.host, port: address.port)
         let fd = Glibc.socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw SocketError("socket") }
