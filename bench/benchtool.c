@@ -621,8 +621,13 @@ static int burst(int port, int count, double timeout_s) {
     /* Hold every echoed connection until told to go (stdin closes or a line arrives); count
      * those the far side drops (EOF, reset, unexpected bytes) meanwhile. */
     struct epoll_event e = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
-    epoll_ctl(b.epoll, EPOLL_CTL_ADD, 0, &e);
     int told = 0;
+    if (epoll_ctl(b.epoll, EPOLL_CTL_ADD, 0, &e) != 0) {
+        /* stdin is not a pipe or socket (a file, /dev/null): wait on it plainly, without watching for drops. */
+        char line[8];
+        if (fgets(line, sizeof line, stdin) == NULL) {}
+        told = 1;
+    }
     while (!told) {
         struct epoll_event events[256];
         int n = epoll_wait(b.epoll, events, 256, -1);
