@@ -16,6 +16,15 @@
  *   benchtool download PORT BYTES C      C connections each fetch BYTES from a source: MB/s total
  *   benchtool hold PORT N                opens N connections, one round trip each, holds them, prints successes
  *   benchtool stall PORT SECONDS         one client that sends as fast as it can and never reads
+ *   benchtool burst PORT N TIMEOUT_S     opens N connections at once (non-blocking, one epoll loop), sends each
+ *                                        its own 16 bytes and checks that exactly those come back; prints how
+ *                                        many echoed and how each of the others failed, and when; then holds
+ *                                        every connection until stdin closes or gives a line, and prints how
+ *                                        many the far side dropped meanwhile
+ *   benchtool socksburst PORT K TARGET_PORT TIMEOUT_S
+ *                                        K SOCKS5 clients at once (non-blocking, one epoll loop), each greets,
+ *                                        asks for CONNECT 127.0.0.1:TARGET_PORT and reads the target's banner
+ *                                        line (a server that speaks first); prints the time until all K have it
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -28,6 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -381,6 +393,266 @@ static int stall(int port, double seconds) {
     return 0;
 }
 
+/* ---- bursts: many connections at once from one epoll loop ---- */
+
+/* What a burst connection goes through. An echo connection: CONNECTING, then AWAIT_ECHO
+ * (its 16 bytes sent), then DONE. A SOCKS connection: CONNECTING, AWAIT_METHOD (greeting
+ * sent), AWAIT_REPLY (CONNECT sent), AWAIT_BANNER, DONE. FAILED ends either. */
+enum burst_state { CONNECTING, AWAIT_ECHO, AWAIT_METHOD, AWAIT_REPLY, AWAIT_BANNER, DONE, FAILED };
+
+/* Why a burst connection failed; counted per reason and never folded into "ok". */
+enum burst_failure {
+    F_REFUSED,     /* connect: ECONNREFUSED */
+    F_RESET,       /* ECONNRESET or EPIPE on connect, send or receive */
+    F_CLOSED,      /* EOF before the whole answer */
+    F_WRONG,       /* bytes other than the answer (another connection's, a refusal text, too many) */
+    F_SOCKS_ERROR, /* a SOCKS reply other than "succeeded" */
+    F_CONNECT_TIMEOUT, /* still connecting at the deadline */
+    F_ANSWER_TIMEOUT,  /* connected, but the answer was not complete at the deadline */
+    F_LOCAL,       /* this client's own failure: socket() or connect() (EMFILE, EADDRNOTAVAIL, ...) */
+    F_COUNT
+};
+static const char *const failure_names[F_COUNT] = {"refused", "reset", "closed", "wrong", "socks_error",
+                                                    "connect_timed_out", "answer_timed_out", "local_errors"};
+
+struct burst_conn {
+    int fd;
+    enum burst_state state;
+    double finished; /* seconds after the burst started */
+    size_t got;
+    char buffer[96];
+};
+
+struct burst {
+    int socks, target_port;
+    struct burst_conn *conns;
+    int count, epoll, ok, failures, failed[F_COUNT], last_errno;
+    int dropped; /* echoed, then dropped by the far side (EOF, reset, more bytes) */
+    double start;
+};
+
+/* Raises the soft descriptor limit to the hard one, so that a burst is not cut short by this client. */
+static void raise_descriptor_limit(void) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &limit);
+    }
+}
+
+static void burst_payload(int index, char out[16]) {
+    char text[17];
+    snprintf(text, sizeof text, "burst-%09d\n", index);
+    memcpy(out, text, 16);
+}
+
+static void burst_fail(struct burst *b, struct burst_conn *c, enum burst_failure why, int error) {
+    if (c->state == DONE || c->state == FAILED) return;
+    c->state = FAILED;
+    c->finished = now() - b->start;
+    b->failed[why]++;
+    b->failures++;
+    if (error) b->last_errno = error;
+    if (c->fd >= 0) { close(c->fd); c->fd = -1; }
+}
+
+static enum burst_failure failure_of(int error) {
+    if (error == ECONNREFUSED) return F_REFUSED;
+    if (error == ECONNRESET || error == EPIPE) return F_RESET;
+    if (error == ETIMEDOUT) return F_CONNECT_TIMEOUT;
+    return F_LOCAL;
+}
+
+/* Sends a few bytes a fresh socket can always take at once; a short send is this client's failure. */
+static int burst_send(struct burst *b, struct burst_conn *c, const void *bytes, size_t n, enum burst_state next) {
+    ssize_t w = send(c->fd, bytes, n, MSG_NOSIGNAL);
+    if (w != (ssize_t)n) { burst_fail(b, c, w < 0 ? failure_of(errno) : F_LOCAL, w < 0 ? errno : 0); return -1; }
+    c->state = next;
+    c->got = 0;
+    struct epoll_event e = {.events = EPOLLIN, .data.u32 = (uint32_t)(c - b->conns)};
+    epoll_ctl(b->epoll, EPOLL_CTL_MOD, c->fd, &e);
+    return 0;
+}
+
+static void burst_done(struct burst *b, struct burst_conn *c) {
+    c->state = DONE;
+    c->finished = now() - b->start;
+    b->ok++;
+    /* Held from now on: anything readable (bytes, EOF, reset) means the far side dropped it. */
+    struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)(c - b->conns)};
+    epoll_ctl(b->epoll, EPOLL_CTL_MOD, c->fd, &e);
+}
+
+/* The connect finished (or failed): send the first request. */
+static void burst_connected(struct burst *b, struct burst_conn *c) {
+    int error = 0;
+    socklen_t length = sizeof error;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &error, &length);
+    if (error) { burst_fail(b, c, failure_of(error), error); return; }
+    if (b->socks) {
+        static const unsigned char greeting[] = {5, 1, 0};
+        burst_send(b, c, greeting, sizeof greeting, AWAIT_METHOD);
+    } else {
+        char payload[16];
+        burst_payload((int)(c - b->conns), payload);
+        burst_send(b, c, payload, sizeof payload, AWAIT_ECHO);
+    }
+}
+
+/* Bytes arrived: take them and move the connection on when its answer is complete. */
+static void burst_readable(struct burst *b, struct burst_conn *c) {
+    ssize_t r = recv(c->fd, c->buffer + c->got, sizeof c->buffer - c->got, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (r < 0) { burst_fail(b, c, failure_of(errno), errno); return; }
+    if (r == 0) { burst_fail(b, c, F_CLOSED, 0); return; }
+    c->got += (size_t)r;
+    for (;;) {
+        if (c->state == AWAIT_ECHO) {
+            char payload[16];
+            burst_payload((int)(c - b->conns), payload);
+            if (memcmp(c->buffer, payload, c->got < 16 ? c->got : 16) || c->got > 16) { burst_fail(b, c, F_WRONG, 0); return; }
+            if (c->got == 16) burst_done(b, c);
+            return;
+        }
+        if (c->state == AWAIT_METHOD) {
+            if (c->got < 2) return;
+            if (c->buffer[0] != 5 || c->buffer[1] != 0 || c->got > 2) { burst_fail(b, c, F_WRONG, 0); return; }
+            unsigned char request[10] = {5, 1, 0, 1, 127, 0, 0, 1, (unsigned char)(b->target_port >> 8), (unsigned char)b->target_port};
+            burst_send(b, c, request, sizeof request, AWAIT_REPLY);
+            return;
+        }
+        if (c->state == AWAIT_REPLY) {
+            if (c->got < 5) return;
+            if (c->buffer[0] != 5) { burst_fail(b, c, F_WRONG, 0); return; }
+            if (c->buffer[1] != 0) { burst_fail(b, c, F_SOCKS_ERROR, 0); return; }
+            size_t address = c->buffer[3] == 1 ? 4 : c->buffer[3] == 4 ? 16 : c->buffer[3] == 3 ? 1 + (unsigned char)c->buffer[4] : 0;
+            if (address == 0) { burst_fail(b, c, F_WRONG, 0); return; }
+            size_t length = 4 + address + 2;
+            if (c->got < length) return;
+            /* What follows the reply is the target's, already: the banner's first bytes. */
+            memmove(c->buffer, c->buffer + length, c->got - length);
+            c->got -= length;
+            c->state = AWAIT_BANNER;
+            continue;
+        }
+        if (c->state == AWAIT_BANNER) {
+            if (c->got >= 3 && memcmp(c->buffer, "220", 3)) { burst_fail(b, c, F_WRONG, 0); return; }
+            if (memchr(c->buffer, '\n', c->got)) { burst_done(b, c); return; }
+            if (c->got == sizeof c->buffer) burst_fail(b, c, F_WRONG, 0);
+            return;
+        }
+        return;
+    }
+}
+
+static void burst_event(struct burst *b, struct epoll_event *e) {
+    struct burst_conn *c = &b->conns[e->data.u32];
+    if (c->state == CONNECTING) {
+        if (e->events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) burst_connected(b, c);
+    } else if (c->state == DONE) {
+        epoll_ctl(b->epoll, EPOLL_CTL_DEL, c->fd, NULL);
+        b->dropped++;
+    } else if (c->state != FAILED) {
+        if (e->events & (EPOLLIN | EPOLLERR | EPOLLHUP)) burst_readable(b, c);
+    }
+}
+
+static void burst_poll(struct burst *b, int timeout_ms) {
+    struct epoll_event events[256];
+    int n = epoll_wait(b->epoll, events, 256, timeout_ms);
+    for (int i = 0; i < n; i++) burst_event(b, &events[i]);
+}
+
+/* Opens every connection as fast as connect() returns, taking the events already due every
+ * 64 connects so that early answers are timed when they come, then waits for the rest until
+ * timeout_s after the start. Connections still waiting then count as timed out. */
+static void burst_run(struct burst *b, int port, double timeout_s) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    b->epoll = epoll_create1(0);
+    b->start = now();
+    for (int i = 0; i < b->count; i++) {
+        struct burst_conn *c = &b->conns[i];
+        c->state = CONNECTING;
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (c->fd < 0) { burst_fail(b, c, F_LOCAL, errno); continue; }
+        int on = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+        struct epoll_event e = {.events = EPOLLOUT, .data.u32 = (uint32_t)i};
+        epoll_ctl(b->epoll, EPOLL_CTL_ADD, c->fd, &e);
+        if (connect(c->fd, (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS) burst_fail(b, c, failure_of(errno), errno);
+        if (i % 64 == 63) burst_poll(b, 0);
+    }
+    double end = b->start + timeout_s;
+    while (b->ok + b->failures < b->count && now() < end) burst_poll(b, (int)((end - now()) * 1000) + 1);
+    for (int i = 0; i < b->count; i++) {
+        struct burst_conn *c = &b->conns[i];
+        if (c->state == CONNECTING) burst_fail(b, c, F_CONNECT_TIMEOUT, 0);
+        else if (c->state != DONE && c->state != FAILED) burst_fail(b, c, F_ANSWER_TIMEOUT, 0);
+    }
+}
+
+/* One line of results: ok, every failure count, when the last one succeeded and when the
+ * last one's outcome was known, and the median/p99/longest time to success. */
+static void burst_report(struct burst *b) {
+    double *times = calloc((size_t)b->count + 1, sizeof *times), last_ok = 0, last = 0;
+    int n = 0;
+    for (int i = 0; i < b->count; i++) {
+        struct burst_conn *c = &b->conns[i];
+        if (c->finished > last) last = c->finished;
+        if (c->state == DONE) { times[n++] = c->finished; if (c->finished > last_ok) last_ok = c->finished; }
+    }
+    qsort(times, (size_t)n, sizeof *times, compare);
+    printf("ok=%d of %d dropped=%d", b->ok, b->count, b->dropped);
+    for (int f = 0; f < F_COUNT; f++) printf(" %s=%d", failure_names[f], b->failed[f]);
+    printf(" last_ok_s=%.3f all_s=%.3f ok_median_ms=%.1f ok_p99_ms=%.1f ok_max_ms=%.1f", last_ok, last,
+           n ? times[n / 2] * 1e3 : 0, n ? times[n * 99 / 100] * 1e3 : 0, n ? times[n - 1] * 1e3 : 0);
+    if (b->last_errno) printf(" last_error=\"%s\"", strerror(b->last_errno));
+    printf("\n");
+    fflush(stdout);
+    free(times);
+}
+
+static int burst(int port, int count, double timeout_s) {
+    raise_descriptor_limit();
+    struct burst b = {.count = count, .conns = calloc((size_t)count, sizeof(struct burst_conn))};
+    burst_run(&b, port, timeout_s);
+    burst_report(&b);
+    /* Hold every echoed connection until told to go (stdin closes or a line arrives); count
+     * those the far side drops (EOF, reset, unexpected bytes) meanwhile. */
+    struct epoll_event e = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+    int told = 0;
+    if (epoll_ctl(b.epoll, EPOLL_CTL_ADD, 0, &e) != 0) {
+        /* stdin is not a pipe or socket (a file, /dev/null): wait on it plainly, without watching for drops. */
+        char line[8];
+        if (fgets(line, sizeof line, stdin) == NULL) {}
+        told = 1;
+    }
+    while (!told) {
+        struct epoll_event events[256];
+        int n = epoll_wait(b.epoll, events, 256, -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        for (int i = 0; i < n; i++) {
+            if (events[i].data.u32 == UINT32_MAX) { told = 1; continue; }
+            burst_event(&b, &events[i]);
+        }
+    }
+    printf("dropped_while_held=%d\n", b.dropped);
+    for (int i = 0; i < count; i++) if (b.conns[i].fd >= 0) close(b.conns[i].fd);
+    return b.ok == count && b.dropped == 0 ? 0 : 1;
+}
+
+static int socks_burst(int port, int count, int target_port, double timeout_s) {
+    raise_descriptor_limit();
+    struct burst b = {.count = count, .socks = 1, .target_port = target_port,
+                      .conns = calloc((size_t)count, sizeof(struct burst_conn))};
+    burst_run(&b, port, timeout_s);
+    burst_report(&b);
+    for (int i = 0; i < count; i++) if (b.conns[i].fd >= 0) close(b.conns[i].fd);
+    return b.ok == count ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) { fprintf(stderr, "usage: see the comment at the top of benchtool.c\n"); return 2; }
@@ -398,6 +670,8 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "download") && argc > 4) return run_workers(download_worker, port, atoll(argv[3]), atoi(argv[4]), 0, 0);
     if (!strcmp(mode, "hold") && argc > 3) return hold(port, atoi(argv[3]));
     if (!strcmp(mode, "stall") && argc > 3) return stall(port, atof(argv[3]));
+    if (!strcmp(mode, "burst") && argc > 4) return burst(port, atoi(argv[3]), atof(argv[4]));
+    if (!strcmp(mode, "socksburst") && argc > 5) return socks_burst(port, atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
     fprintf(stderr, "benchtool: unknown mode %s\n", mode);
     return 2;
 }

@@ -7,6 +7,8 @@ import argparse
 import os
 import platform
 import re
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -17,6 +19,31 @@ import time
 
 # The target servers benchtool runs behind every contender.
 TARGETS = ("echo", "sink", "source", "smtp")
+
+# The burst cases, which --only can pick out of a run (for working on them; such a run writes
+# no RESULTS.md).
+ISSUE23_CASES = ("burst", "socks", "opens")
+
+# The descriptor limit this run asks for, for itself and every process it starts (the load
+# client, tunneld, ssh, sshd and the targets): a 10,000-connection burst needs 10,000 and some
+# in each of them.
+DESCRIPTORS = 32768
+
+
+def raise_descriptor_limit():
+    """Raises RLIMIT_NOFILE to DESCRIPTORS where this process may (root with CAP_SYS_RESOURCE),
+    else the soft limit to the hard one; returns a sentence saying which limit holds and why."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(DESCRIPTORS, soft), max(DESCRIPTORS, hard)))
+        why = ""
+    except (ValueError, OSError) as error:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        why = (" (raising it to %d failed: %s; this process may not raise its hard limit, e.g. without CAP_SYS_RESOURCE)"
+               % (DESCRIPTORS, error))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ("Descriptor limit (RLIMIT_NOFILE) of every process in this run: %d%s; no process of a 10,000-connection "
+            "burst holds more than about 10,100." % (soft, why))
 
 
 def free_port():
@@ -221,6 +248,8 @@ class Bench:
         return (user + nice + system + irq + softirq + steal) / tick, own / tick, steal / tick
 
     def cases(self):
+        if self.args.only != ISSUE23_CASES:
+            return self.issue23_cases()
         results = []  # (case, contender, value, unit, better); better is "high", "low" or None (no ratio)
         n = 40 if self.quick else 400
         slow = 5 if self.quick else 40
@@ -254,6 +283,19 @@ class Bench:
         results += self.through_jump(*((20, 1000, 4) if self.quick else (200, 20000, 60)), size // 4, rounds)
         results += self.idle(3 if self.quick else 10)
         results += self.broken_ipv6(3 if self.quick else 10)
+        results += self.issue23_cases()
+        return results
+
+    def issue23_cases(self):
+        """Bursts: 10,000 connections held (quick: 200), SOCKS bursts of 20/100/500 (quick: 20, one
+        round), and open throughput over `sessions` and cores (quick: bursts of 100, one round)."""
+        results = []
+        if "burst" in self.args.only:
+            results += self.connection_burst(*((200, 5, 20) if self.quick else (10000, 30, 60)))
+        if "socks" in self.args.only:
+            results += self.socks_burst((20,) if self.quick else (20, 100, 500), 1 if self.quick else 7, 10 if self.quick else 30)
+        if "opens" in self.args.only:
+            self.open_scaling(*((100, 1, 20) if self.quick else (2000, 3, 60)))
         return results
 
     def broken_ipv6(self, later):
@@ -603,6 +645,272 @@ class Bench:
                 ("stalled reader: ratio", name, beside / alone, "x", "high"),
                 ("stalled reader: tunneld RSS", name, rss / 1024, "MiB", "low")]
 
+    # ---- bursts (issue 23) ----
+
+    def burst_contenders(self, label, services, sessions=None):
+        """A fresh tunneld for a burst case: the given services (name -> stanza body lines after
+        server_args) through the benchmark's sshd, linger 300, and `sessions` only if given (else the
+        default); returns its ports and pid."""
+        directory = "%s/tunneld-%s" % (self.work, label)
+        os.makedirs(directory)
+        ports = {}
+        with open(directory + "/services", "w") as f:
+            for name, (target, extra) in services.items():
+                ports[name] = free_port()
+                extra = "    linger = 300\n" + ("    sessions = %d\n" % sessions if sessions else "") + extra
+                if target is None:
+                    f.write("service %s\n{\n    type = SOCKS\n    port = %d\n    server = %s@127.0.0.1:%d\n"
+                            "    identity = %s/id_ed25519\n    identity_agent = none\n    known_hosts = %s/known_hosts\n%s}\n"
+                            % (name, ports[name], self.user, self.ssh_port, self.work, self.work, extra))
+                else:
+                    f.write(self.stanza(name, ports[name], target, extra))
+        process = self.start([self.args.tunneld, "-f", directory + "/services"], log=directory + ".log",
+                             env=dict(os.environ, HOME=self.work))
+        self.wait_log(directory + ".log", "notice started")
+        ports["pid"] = process.pid
+        ports["process"] = process
+        ports["log"] = directory + ".log"
+        return ports
+
+    def ssh_forwarder(self, forwards):
+        """A fresh ssh -N with the given -L/-D arguments; waits until every local port listens."""
+        arguments = sum(([flag, spec] for flag, spec, _ in forwards), [])
+        process = self.start(["ssh", "-N"] + self.ssh_options + arguments + ["%s@127.0.0.1" % self.user])
+        for _, _, port in forwards:
+            wait_port(port)
+        return process
+
+    def target_server(self, kind):
+        """A benchtool target server of its own (an echo server per burst contender, so that
+        TIME_WAIT sockets of one contender's burst never take the ports of the next)."""
+        port = free_port()
+        self.start([self.tool, kind, str(port)])
+        wait_port(port)
+        return port
+
+    def stop(self, process):
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def start_burst(self, port, count, timeout):
+        """Starts `benchtool burst` and waits for its first line (every connection echoed, failed or
+        timed out); returns the process, still holding the echoed connections, and the fields."""
+        holder = subprocess.Popen([self.tool, "burst", str(port), str(count), str(timeout)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready, _, _ = select.select([holder.stdout], [], [], timeout + 60)
+        line = holder.stdout.readline() if ready else ""
+        fields = dict(re.findall(r"(\w+)=([\d.]+)", line))
+        fields["line"] = line.strip() or "no answer from benchtool burst"
+        return holder, fields
+
+    def end_burst(self, holder, fields):
+        """Lets the held connections go; adds how many the far side dropped while they were held."""
+        try:
+            holder.stdin.write("\n")
+            holder.stdin.close()
+        except OSError:
+            pass
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        if not ready:
+            holder.kill()
+        rest = holder.stdout.read()
+        holder.stdout.close()
+        holder.wait()
+        fields.update(re.findall(r"(\w+)=([\d.]+)", rest or ""))
+        return fields
+
+    @staticmethod
+    def not_served(fields):
+        """The burst's failures by kind, as a sentence (empty when every connection echoed and stayed)."""
+        kinds = (("refused", "refused"), ("reset", "reset"), ("closed", "closed before the echo"),
+                 ("connect_timed_out", "not connected in time"), ("answer_timed_out", "no echo in time"),
+                 ("wrong", "wrong bytes"), ("socks_error", "SOCKS error replies"), ("dropped_while_held", "dropped while held"),
+                 ("local_errors", "this client's own errors"))
+        parts = ["%s %s" % (fields[key], label) for key, label in kinds if int(fields.get(key, "0")) > 0]
+        return ", ".join(parts)
+
+    def log_reasons(self, path, limit=3):
+        """The commonest results other than ok of the connections a tunneld log records, numbers
+        blanked, with counts: why the connections that did not echo were closed."""
+        counts = {}
+        try:
+            with open(path, errors="replace") as f:
+                for line in f:
+                    found = re.search(r' result=("[^"]*"|\S+)', line)
+                    if found and found.group(1) != "ok":
+                        shape = re.sub(r"\d+", "N", found.group(1).strip('"'))
+                        counts[shape] = counts.get(shape, 0) + 1
+        except OSError:
+            return ""
+        top = sorted(counts.items(), key=lambda item: -item[1])[:limit]
+        return "; ".join("%d x `%s`" % (n, shape) for shape, n in top)
+
+    def connection_burst(self, count, latency_count, timeout):
+        """The burst of issue 23: count connections opened at once to the echo target, each echoing
+        its own 16 bytes, then held while SMTP-shaped latency is measured through the same contender
+        (against the same measured idle, before the burst); RSS of the contender with them held. For
+        direct, ssh -N -L (one session) and tunneld with the default `sessions`, each fresh and with an
+        echo server of its own."""
+        results = []
+        case = "burst of %d connections" % count
+        self.burst_notes = {}
+        for name in ("direct", "ssh -L", "tunneld"):
+            echo = self.target_server("echo")
+            if name == "direct":
+                ports, process = {"echo": echo, "smtp": self.smtp}, None
+            elif name == "ssh -L":
+                ports = {"echo": free_port(), "smtp": free_port()}
+                process = self.ssh_forwarder([("-L", "%d:127.0.0.1:%d" % (ports[t], p), ports[t])
+                                              for t, p in (("echo", echo), ("smtp", self.smtp))])
+                ports["pid"] = process.pid
+            else:
+                ports = self.burst_contenders("burst", {"echo": (echo, ""), "smtp": (self.smtp, "")})
+                process = ports["process"]
+            self.tool_run("latency", ports["echo"], 1)
+            self.tool_run("smtplatency", ports["smtp"], 1, 20000, 10)
+            idle = self.tool_run("smtplatency", ports["smtp"], latency_count, 20000, 30)
+            self.check(name, "smtp latency before the burst", idle)
+            before = self.cpu_seconds([ports["pid"]]) if "pid" in ports else 0
+            holder, fields = self.start_burst(ports["echo"], count, timeout)
+            burst_cpu = self.cpu_seconds([ports["pid"]]) - before if "pid" in ports else float("nan")
+            rss = self.rss_kib(ports["pid"]) / 1024 if "pid" in ports else float("nan")
+            sessions = self.sessions_open(ports["pid"]) if name == "tunneld" else float("nan")
+            held = self.tool_run("smtplatency", ports["smtp"], latency_count, 20000, 30)
+            self.check(name, "smtp latency with %d held" % count, held)
+            if "pid" in ports:
+                rss = max(rss, self.rss_kib(ports["pid"]) / 1024)
+            fields = self.end_burst(holder, fields)
+            ok = int(fields.get("ok", "0"))
+            failed = self.not_served(fields)
+            if ok != count or failed:
+                self.failures.append("%s, %s: %s" % (name, case, fields["line"]))
+            reasons = self.log_reasons(ports["log"]) if "log" in ports else ""
+            self.burst_notes[name] = {"fields": fields, "failed": failed, "reasons": reasons, "cpu": burst_cpu}
+            results += [
+                ("%s: echoed their own bytes" % case, name, ok, "conn", "high"),
+                ("%s: refused at connect" % case, name, int(fields.get("refused", "0")), "conn", None),
+                ("%s: reset or closed before the echo (a tunnel's refusal)" % case, name,
+                 int(fields.get("reset", "0")) + int(fields.get("closed", "0")), "conn", None),
+                ("%s: not connected or no echo within %d s" % (case, timeout), name,
+                 int(fields.get("connect_timed_out", "0")) + int(fields.get("answer_timed_out", "0")), "conn", None),
+                ("%s: wrong bytes" % case, name, int(fields.get("wrong", "0")), "conn", None),
+                ("%s: dropped while held" % case, name, int(fields.get("dropped_while_held", "0")), "conn", None),
+                ("%s: seconds until every one echoed or failed" % case, name, float(fields.get("all_s", "nan")), "s", "low"),
+                ("%s: time to echo, median" % case, name, float(fields.get("ok_median_ms", "nan")), "ms", "low"),
+                ("%s: SMTP-shaped latency idle, median" % case, name, float(idle.get("median_us", "nan")) / 1000, "ms", "low"),
+                ("%s: SMTP-shaped latency with them held, median" % case, name, float(held.get("median_us", "nan")) / 1000, "ms", "low"),
+                ("%s: SMTP-shaped latency, held/idle" % case, name,
+                 float(held.get("median_us", "nan")) / float(idle.get("median_us", "nan")), "x", "low"),
+            ]
+            if int(fields.get("local_errors", "0")):
+                results.append(("%s: the load client's own errors" % case, name, int(fields["local_errors"]), "conn", None))
+            if "pid" in ports:
+                results.append(("%s: RSS with them held" % case, name, rss, "MiB", "low"))
+                results.append(("%s: CPU of the contender during the burst" % case, name, burst_cpu, "s", "low"))
+            if name == "tunneld":
+                results.append(("%s: SSH sessions with them held" % case, name, sessions, "", None))
+            if process:
+                self.stop(process)
+        return results
+
+    def socks_burst(self, sizes, rounds, timeout):
+        """K SOCKS5 clients at once, each asking for the SMTP-shaped target and reading its banner:
+        the time until all K have it, median of rounds that alternate between ssh -N -D and a tunneld
+        SOCKS service (default `sessions`); and each contender's RSS after the largest burst."""
+        socks = free_port()
+        ssh = self.ssh_forwarder([("-D", "127.0.0.1:%d" % socks, socks)])
+        ours = self.burst_contenders("socks", {"proxy": (None, "")})
+        contenders = (("ssh -D", socks, ssh.pid), ("tunneld", ours["proxy"], ours["pid"]))
+        for name, port, _ in contenders:
+            self.tool_run("socksburst", port, 1, self.smtp, timeout)
+        samples, unserved, rss = {}, {}, {}
+        for k in sizes:
+            for index in range(rounds):
+                for name, port, pid in (contenders if index % 2 == 0 else contenders[::-1]):
+                    r = self.tool_run("socksburst", port, k, self.smtp, timeout)
+                    ok = int(r.get("ok", "0"))
+                    if ok != k:
+                        self.failures.append("%s, SOCKS burst of %d: %s" % (name, k, r.get("failed", "")))
+                    unserved[(name, k)] = unserved.get((name, k), 0) + k - ok
+                    samples.setdefault((name, k), []).append(float(r.get("all_s", "nan")) * 1000 if ok == k else float("nan"))
+            for name, _, pid in contenders:
+                rss[name] = self.rss_kib(pid) / 1024
+        results = []
+        for k in sizes:
+            case = "%d SOCKS5 clients at once, each reading a banner: until all have it, median of %d" % (k, rounds)
+            for name, _, _ in contenders:
+                good = [s for s in samples[(name, k)] if s == s]
+                figure = statistics.median(good) if len(good) == len(samples[(name, k)]) else float("nan")
+                results.append((case, name, figure, "ms", "low"))
+            for name, _, _ in contenders:
+                results.append(("%d SOCKS5 clients at once: clients not served over %d rounds" % (k, rounds), name,
+                                unserved[(name, k)], "conn", None))
+        for name, _, _ in contenders:
+            results.append(("SOCKS5 bursts: RSS after them", name, rss[name], "MiB", "low"))
+        self.stop(ssh)
+        self.stop(ours["process"])
+        return results
+
+    def open_scaling(self, count, rounds, timeout):
+        """Opens per second: a burst of count connections, each echoing once, then let go; the best of
+        rounds that go over the configurations in turn. tunneld with `sessions` 1, 2, 4, 8 and the
+        default, the default also pinned to one core and then given every core (taskset -a -p, as in
+        core_scaling), and ssh -N -L for reference (one round). Fills self.scaling (its own table)."""
+        cpus = sorted(os.sched_getaffinity(0))
+        one, every = str(cpus[0]), ",".join(str(c) for c in cpus)
+        configurations = []
+        for sessions in (1, 2, 4, 8, None):
+            label = "sessions = %d" % sessions if sessions else "default `sessions`"
+            ports = self.burst_contenders("opens-%s" % (sessions or "default"), {"echo": (self.target_server("echo"), "")}, sessions)
+            configurations.append({"name": "tunneld", "config": label, "cores": every, "ports": ports})
+        default = configurations[-1]["ports"]
+        if len(cpus) > 1:
+            configurations.append({"name": "tunneld", "config": "default `sessions`", "cores": one, "ports": default})
+        # ssh -N -L for reference: one round on every core, with a shorter patience, since its
+        # slowest connections wait in its accept queue for tens of seconds (listen backlog 128).
+        ssh_ports = {"echo": free_port()}
+        ssh = self.ssh_forwarder([("-L", "%d:127.0.0.1:%d" % (ssh_ports["echo"], self.target_server("echo")), ssh_ports["echo"])])
+        ssh_ports["pid"] = ssh.pid
+        for c in configurations:
+            # Warm-up: a small burst brings up what sessions a burst makes the daemon open.
+            holder, fields = self.start_burst(c["ports"]["echo"], max(count // 10, 10), timeout)
+            self.end_burst(holder, fields)
+        configurations.append({"name": "ssh -L", "config": "one session", "cores": every, "ports": ssh_ports, "rounds": 1})
+        for c in configurations:
+            c.update(best=None, unserved=0)
+        for index in range(rounds):
+            for c in configurations:
+                if index >= c.get("rounds", rounds):
+                    continue
+                pid = c["ports"]["pid"]
+                pinned = subprocess.run(["taskset", "-a", "-p", "-c", c["cores"], str(pid)], capture_output=True, text=True)
+                if pinned.returncode != 0:
+                    self.failures.append("open scaling, taskset on %s: %s" % (c["name"], pinned.stderr.strip()))
+                before = self.cpu_seconds([pid])
+                holder, fields = self.start_burst(c["ports"]["echo"], count, timeout if c["name"] == "tunneld" else min(timeout, 30))
+                cpu = self.cpu_seconds([pid]) - before
+                sessions = self.sessions_open(pid)
+                fields = self.end_burst(holder, fields)
+                ok, seconds = int(fields.get("ok", "0")), float(fields.get("all_s", "nan"))
+                failed = self.not_served(fields)
+                if ok != count or failed:
+                    self.failures.append("%s %s on cores %s, burst of %d: %s" % (c["name"], c["config"], c["cores"], count, fields["line"]))
+                c["unserved"] += count - ok
+                opens = ok / seconds if seconds > 0 else float("nan")
+                if beats(opens, c["best"]):
+                    c.update(best=opens, seconds=seconds, ok=ok, sessions=sessions, cpu=cpu / seconds if seconds > 0 else float("nan"))
+            for c in configurations:
+                subprocess.run(["taskset", "-a", "-p", "-c", every, str(c["ports"]["pid"])], capture_output=True)
+        self.scaling = {"count": count, "rounds": rounds, "cores": len(cpus), "rows": configurations}
+        self.stop(ssh)
+        for c in configurations:
+            if "process" in c["ports"] and c["ports"]["process"].poll() is None:
+                self.stop(c["ports"]["process"])
+
     def idle(self, seconds):
         directory = self.work + "/tunneld-idle"
         os.makedirs(directory)
@@ -639,10 +947,10 @@ def machine():
     return "%s, %d cores, Linux %s, %s, libssh2 %s" % (cpu, os.cpu_count(), platform.release(), ssh, libssh2)
 
 
-def table(results, quick, contention):
+def table(results, quick, contention, descriptors, scaling):
     lines = ["# tunneld benchmark%s" % (" (quick mode: small sizes, few iterations)" if quick else ""), "",
              "Machine: %s  " % machine(), "Run: %s, all on 127.0.0.1 (the broken-IPv6 case: two network namespaces), one run.  " % time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-             "Cases took %s." % contention, "",
+             "Cases took %s.  " % contention, descriptors, "",
              "Ratios are tunneld's figure over the contender's, so above 1 means tunneld is faster",
              "(for times: the contender's over tunneld's). \"tunneld\" is the warm daemon with `sessions = 4`",
              "(the default); \"tunneld sessions=1\" is a second warm daemon whose stanzas say `sessions = 1`,",
@@ -656,6 +964,17 @@ def table(results, quick, contention):
              "Every throughput figure of a full run is the best of 3 rounds that go over the contenders in",
              "turn (the stalled reader: alone and beside it alternate), so that a busy moment of a shared",
              "machine does not decide a ratio.", "",
+             "Bursts (issue 23): the load client (`benchtool burst`, one thread, non-blocking connects and",
+             "epoll) opens every connection at once, sends each its own 16 bytes and checks that exactly",
+             "those come back; every connection that did not echo is counted by kind (refused, reset or",
+             "closed, timed out, wrong bytes, dropped while held), none is left out. It then holds them",
+             "all while `smtplatency` measures SMTP-shaped exchanges through the same contender, against",
+             "the same measured idle just before the burst; RSS is VmRSS with them held. In these cases",
+             "\"tunneld\" is a fresh daemon of its own whose stanzas leave `sessions` at its default, and",
+             "\"ssh -L\"/\"ssh -D\" a fresh `ssh -N -L`/`ssh -N -D` (one session); each contender has an echo",
+             "target of its own. SOCKS bursts: K clients (`benchtool socksburst`) each greet, CONNECT to",
+             "the SMTP-shaped target and read its banner; the time until all K have it, median of rounds",
+             "that alternate the order of the two contenders.", "",
              "| case | contender | value | tunneld | tunneld ratio |", "|---|---|---|---|---|"]
     cases = []
     for case, *_ in results:
@@ -673,7 +992,35 @@ def table(results, quick, contention):
             fmt = (lambda v: "%.0f" % v) if unit in ("conn/s", "", "conn") else (lambda v: "%.2f" % v)
             tunneld_value = fmt(ours[2]) + " " + ours[3] if ours and name != "tunneld" else ""
             lines.append("| %s | %s | %s %s | %s | %s |" % (case, name, fmt(value), unit, tunneld_value, ratio))
+    if scaling:
+        lines += scaling_table(scaling)
     return "\n".join(lines) + "\n"
+
+
+def scaling_table(scaling):
+    """The open-throughput section: opens per second over `sessions` and cores."""
+    count, rounds, cores = scaling["count"], scaling["rounds"], scaling["cores"]
+    lines = ["", "## Open throughput: `sessions` and cores", "",
+             "A burst of %d connections to an echo target, each sending 16 bytes and reading them back; opens/s" % count,
+             "is the connections that echoed over the seconds until every one had echoed or failed. Best of %d" % rounds,
+             "rounds that go over the configurations in turn, after a warm-up burst of %d that brings up the" % max(count // 10, 10),
+             "sessions a burst makes. Pinning as in the core scaling above (`taskset -a -p`, the contender",
+             "only; the load client, sshd and the echo targets are never pinned). \"SSH sessions\" is what",
+             "the contender held with the burst's connections open; \"CPU\" is the contender's CPU time over",
+             "the burst's wall time, in the best round.", "",
+             "| contender | configuration | cores | opens/s | seconds | echoed, best round | not echoed, all rounds | SSH sessions | CPU, cores | opens/s over sessions = 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    base = scaling["rows"][0].get("best")
+    for c in scaling["rows"]:
+        best = c.get("best")
+        if best is None:
+            lines.append("| %s | %s | %s | failed | | | %d | | | |" % (c["name"], c["config"], c["cores"], c["unserved"]))
+            continue
+        pinned = "1 (cpu %s)" % c["cores"] if "," not in c["cores"] and cores > 1 else str(cores)
+        growth = "%.2f" % (best / base) if c["name"] == "tunneld" and base else ""
+        lines.append("| %s | %s | %s | %.0f | %.2f | %d of %d | %d | %d | %.2f | %s |"
+                     % (c["name"], c["config"], pinned, best, c["seconds"], c["ok"], count, c["unserved"], c["sessions"], c["cpu"], growth))
+    return lines
 
 
 def value(results, case, contender):
@@ -683,7 +1030,7 @@ def value(results, case, contender):
     return float("nan")
 
 
-def targets(results, others_cores):
+def targets(results, others_cores, notes):
     """DESIGN.md section 5, each target checked against this run, with the cause of a gap; others_cores
     is how many cores processes other than the benchmark's used meanwhile."""
     n = lambda contender, case: value(results, case, contender)
@@ -799,7 +1146,54 @@ def targets(results, others_cores):
         shared = ["The machine was shared: other processes used %.2f of its %d cores during this run. Medians of "
                   "latency hold up; throughput is lower and noisier than on an idle machine, even as the best of "
                   "interleaved rounds." % (others_cores, os.cpu_count()), ""]
+    rows += burst_targets(results, notes)[2:]
     return "\n".join(["", "## DESIGN.md targets", ""] + shared + ["| target | measured | | cause of the gap |", "|---|---|---|---|"] + rows) + "\n"
+
+
+def burst_targets(results, notes):
+    """The targets of issue 23, each checked against this run (a table with its header); notes are
+    what connection_burst kept of each contender's burst (failures by kind, tunneld's log)."""
+    rows = ["| target (issue 23, on this machine) | measured | | cause of the gap |", "|---|---|---|---|"]
+
+    def row(target, measured, met, cause=""):
+        rows.append("| %s | %s | %s | %s |" % (target, measured, "met" if met else "**not met**", "" if met else cause))
+
+    echoed = [r for r in results if r[0].startswith("burst of ") and r[0].endswith(": echoed their own bytes")]
+    if echoed:
+        count = int(echoed[0][0].split()[2])
+        case = "burst of %d connections" % count
+        n = lambda contender, what: value(results, "%s: %s" % (case, what), contender)
+        ours = notes.get("tunneld", {})
+        ok = n("tunneld", "echoed their own bytes")
+        failed = ours.get("failed", "")
+        theirs = notes.get("ssh -L", {})
+        row("a burst of %s connections: none refused, every one echoing its own bytes" % format(count, ","),
+            "%d of %d echoed%s in %.2f s (ssh -L: %d%s in %.2f s)" % (
+                ok, count, " (%s)" % failed if failed else "", n("tunneld", "seconds until every one echoed or failed"),
+                n("ssh -L", "echoed their own bytes"), " (%s)" % theirs["failed"] if theirs.get("failed") else "",
+                n("ssh -L", "seconds until every one echoed or failed")),
+            ok == count and not failed,
+            "tunneld closed them, its log says: %s" % ours["reasons"] if ours.get("reasons") else "tunneld's log names no cause")
+        held, idle = n("tunneld", "SMTP-shaped latency with them held, median"), n("tunneld", "SMTP-shaped latency idle, median")
+        row("SMTP-shaped latency with %s held <= 2x idle" % format(count, ","),
+            "%.2fx with %d held (%.2f ms against %.2f ms idle; ssh -L %.2fx: %.2f against %.2f ms)" % (
+                held / idle, ok, held, idle, n("ssh -L", "SMTP-shaped latency, held/idle"),
+                n("ssh -L", "SMTP-shaped latency with them held, median"), n("ssh -L", "SMTP-shaped latency idle, median")),
+            held / idle <= 2 and ok == count, "%.0f SSH sessions carried the %d held connections" % (n("tunneld", "SSH sessions with them held"), ok))
+        rss = n("tunneld", "RSS with them held")
+        row("RSS with %s connections held <= 64 MiB" % format(count, ","),
+            "%.1f MiB with %d held (ssh -L: %.1f MiB)" % (rss, ok, n("ssh -L", "RSS with them held")), rss <= 64 and ok == count,
+            "only %d of %d were held" % (ok, count))
+    for r in results:
+        socks = re.match(r"(\d+) SOCKS5 clients at once, each reading a banner: until all have it, median of (\d+)$", r[0])
+        if socks and r[1] == "tunneld":
+            theirs = value(results, r[0], "ssh -D")
+            k, rounds = socks.groups()
+            unserved = value(results, "%s SOCKS5 clients at once: clients not served over %s rounds" % (k, rounds), "tunneld")
+            row("%s SOCKS5 clients at once, each reading a banner: <= 1.0x ssh -N -D" % k,
+                "%.2fx (%.1f ms against %.1f ms)" % (r[2] / theirs, r[2], theirs), r[2] / theirs <= 1.0,
+                "%d clients were not served (see the table)" % unserved if unserved else "")
+    return rows
 
 
 def main():
@@ -808,7 +1202,14 @@ def main():
     parser.add_argument("--tools", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=",".join(ISSUE23_CASES),
+                        help="run only these burst cases (comma-separated: %s) and write no RESULTS.md" % ",".join(ISSUE23_CASES))
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else set()
+    if only - set(ISSUE23_CASES):
+        parser.error("--only takes %s" % ", ".join(ISSUE23_CASES))
+    args.only = tuple(c for c in ISSUE23_CASES if c in only)
+    descriptors = raise_descriptor_limit()
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
@@ -816,9 +1217,14 @@ def main():
         results = bench.run()
     finally:
         bench.stop_all()
-    text = table(results, args.quick, bench.contention) + targets(results, bench.others_cores)
+    scaling = getattr(bench, "scaling", None)
+    if args.only == ISSUE23_CASES:
+        text = table(results, args.quick, bench.contention, descriptors, scaling) + targets(results, bench.others_cores, getattr(bench, "burst_notes", {}))
+    else:
+        text = (table(results, args.quick, bench.contention, descriptors, scaling) + "\n## Burst targets\n\n"
+                + "\n".join(burst_targets(results, getattr(bench, "burst_notes", {}))) + "\n")
     print(text)
-    if not args.quick:
+    if not args.quick and args.only == ISSUE23_CASES:
         with open(os.path.join(os.path.dirname(__file__), "RESULTS.md"), "w") as f:
             f.write(text)
     # A contender other than tunneld failing says something about this machine, not about

@@ -3,6 +3,7 @@
 # ssh + nc recipe, and a minimal libssh2 pump, all measured in one run on loopback.
 #   bench/run.sh           full run (several minutes); writes bench/RESULTS.md
 #   bench/run.sh --quick   a few seconds per case, for CI; checks every contender carries bytes
+#   bench/run.sh --only burst,socks,opens   only those burst cases (any of them); writes no RESULTS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
