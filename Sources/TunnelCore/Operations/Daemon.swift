@@ -158,9 +158,10 @@ public final class Daemon {
             break
         }
         let drainSeconds = configuration.globals.shutdownTimeout
-        logger.notice("stopping", metadata: ["drain.seconds": "\(drainSeconds.secondsText)"])
         systemd.notify(["STOPPING=1", "STATUS=stopping: letting live connections finish"])
         listener.stop()
+        // Said once it is true: the listening sockets are closed.
+        logger.notice("stopping", metadata: ["drain.seconds": "\(drainSeconds.secondsText)"])
         let deadline = ContinuousClock.now + Duration(seconds: drainSeconds)
         pool.stopAll(drainUntil: deadline)
         while pool.hasLiveLoops && ContinuousClock.now < deadline + .seconds(2) {
