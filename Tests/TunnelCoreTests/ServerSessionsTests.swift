@@ -360,6 +360,20 @@ final class ServerSessionsTests: XCTestCase {
         XCTAssertEqual(describe(arrive(&core, "c", to: mail)), ["start 2", "burst 2", "hand c 2"], "1.2 s in the queue does not")
     }
 
+    func testNewClientsGoToALighterSessionWhenEverySessionIsHeavy() {
+        var core = core(sessions: 4)
+        fourBusySessions(&core, waiting: 0, answer: 0.001)
+        for id in 1...4 { busy(&core, id, waiting: 0, answer: 0.001, held: Core.heavyLoad + id) }
+        // Thousands held, none waiting: sshd walks every channel of a session on each pass.
+        XCTAssertEqual(describe(arrive(&core, "smtp", to: mail)), ["start 5", "burst 5", "hand smtp 5"])
+        XCTAssertEqual(describe(arrive(&core, "next", to: mail)), ["hand next 5"], "the light session, while it connects")
+        up(&core, 5, load: 2)
+        XCTAssertEqual(describe(arrive(&core, "later", to: mail)), ["hand later 5"])
+        // Once it is heavy too, the next one starts; none beyond the hard cap.
+        busy(&core, 5, waiting: 0, answer: 0.001, held: Core.heavyLoad)
+        XCTAssertEqual(started(arrive(&core, "more", to: mail)), [6])
+    }
+
     func testUnderOverloadAClientIsRefusedAtOnceWithTheReasonNotAtItsDeadline() {
         var core = core(sessions: 1)
         let cap = core.hardCap

@@ -23,7 +23,9 @@ import TunnelConfig
 ///   `burstWaitBound` (its session's queue times the server's recent answer time), and more
 ///   than a new session takes to connect, a burst session is started (up to `burstConnects` connecting at once, within the hard cap), and
 ///   takes clients while the others' queues are long. Burst sessions take no client once the
-///   others' waits are short again, so they linger out after the burst.
+///   others' waits are short again, so they linger out after the burst. A session carrying
+///   `heavyLoad` connections is treated the same way: sshd's loop costs every channel of a
+///   session on each pass, so new clients go to a lighter session, started if need be.
 /// - Overload is refused at once: a client whose shortest possible wait would pass
 ///   `connect_timeout`, with no session left to start, is refused now with the reason,
 ///   instead of waiting in a queue to be refused at its deadline.
@@ -156,6 +158,11 @@ struct ServerSessions<Client> {
     static var stuckAllowance: Int { 16 }
     /// A client expected to wait longer than this for its channel starts a burst session.
     static var burstWaitBound: Double { 0.1 }
+    /// A session carrying this many connections is heavy: OpenSSH's sshd walks every channel
+    /// of a session on every pass of its loop (measured: 250 idle channels add 1.3 ms of sshd
+    /// time to each SMTP-shaped exchange on that session), so new clients go to a lighter
+    /// session, started if need be, up to the hard cap.
+    static var heavyLoad: Int { 256 }
     /// At most this many sessions connect at once in a burst (DESIGN: one connect per server in flight).
     static var burstConnects: Int { 1 }
     /// What an open is assumed to take before any was answered (seconds).
@@ -333,7 +340,7 @@ struct ServerSessions<Client> {
         if let best = ready.filter({ !sessions[$0]!.isBurst }).min(by: { sessions[$0]!.load < sessions[$1]!.load })
             ?? ready.min(by: { sessions[$0]!.load < sessions[$1]!.load }),
            sessions[best]!.load < Self.spreadThreshold || !hasRoom || refusal != nil {
-            if expectedWait(at: best, now: now) <= burstThreshold {
+            if isLight(best, now: now) {
                 hand(client, to: best, into: &commands)
             } else {
                 routeInBurst(client, ready: ready, others: others, refusal: refusal, now: now, into: &commands)
@@ -377,9 +384,14 @@ struct ServerSessions<Client> {
             return session.dedicatedTarget == nil && !session.isSuspect && !session.isStuck(at: now)
                 && (ready.contains(id) || session.phase == .connecting)
         }
+        // A lighter session, a burst one included, if one is.
+        if let light = candidates.filter({ isLight($0, now: now) }).min(by: { sessions[$0]!.load < sessions[$1]!.load }) {
+            hand(client, to: light, into: &commands)
+            return
+        }
         let shortest = candidates.min { expectedWait(at: $0, now: now) < expectedWait(at: $1, now: now) }
         let wait = shortest.map { expectedWait(at: $0, now: now) } ?? .infinity
-        if wait > burstThreshold && refusal == nil && sessions.count < hardCap
+        if refusal == nil && sessions.count < hardCap
             && sessions.values.filter({ $0.phase == .connecting }).count < Self.burstConnects {
             let id = startSession(isPersistent: false, now: now, into: &commands)
             sessions[id]!.isBurst = true
@@ -395,6 +407,12 @@ struct ServerSessions<Client> {
         let waiting = sessions.values.reduce(0) { $0 + $1.opens.waiting }
         commands.append(.refuse(client, reason: "overloaded: \(waiting) clients wait for a channel to \(settings.key.server) on \(sessions.count) sessions, "
             + "and this one would wait about \(Self.secondsText(wait)) s, past connect_timeout (\(settings.openTimeout.secondsText) s)"))
+    }
+
+    /// Whether session `id` takes a client without more ado: its client would wait less than
+    /// the burst threshold for its open, and it carries fewer than `heavyLoad` connections.
+    private func isLight(_ id: SessionID, now: ContinuousClock.Instant) -> Bool {
+        sessions[id]!.load < Self.heavyLoad && expectedWait(at: id, now: now) <= burstThreshold
     }
 
     /// How long a new client of session `id` would wait before its own open starts: the
