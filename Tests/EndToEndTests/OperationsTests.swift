@@ -192,7 +192,7 @@ final class OperationsTests: SSHTestCase {
         XCTAssertTrue(try live.roundTrip("alive"), "live connections continue")
         held.removeAll()
         XCTAssertTrue(waitUntil(timeout: 10) { (try? TCP.exchange(port: port, Array("again".utf8), timeout: 3)) == Array("again".utf8) }, tunneld.log)
-        XCTAssertEqual(tunneld.log.components(separatedBy: "out of file descriptors").count - 1, 1, "logged once")
+        XCTAssertEqual(tunneld.log.components(separatedBy: "out of file descriptors").count - 1, 1, "logged once: \(tunneld.log)")
     }
 
     func testRunAsReadsTheDefaultKeyAndKnownHostsFromItsOwnHome() throws {

@@ -182,7 +182,14 @@ final class SessionPool: @unchecked Sendable {
                 supervisors[id]?.start()
             case .hand(let connection, let id):
                 guard let supervisor = supervisors[id] else {
-                    connection.finish(.sshFailed(Self.noDescriptors), logger: logger)
+                    // Its session could not be made (out of descriptors) and the core forgot
+                    // it: the client is routed anew once, to a session that is up if any.
+                    if connection.isRetry {
+                        connection.finish(.sshFailed(Self.noDescriptors), logger: logger)
+                    } else {
+                        connection.isRetry = true
+                        handle(.clientArrived(connection, target: connection.target), for: key, generation: generation)
+                    }
                     continue
                 }
                 if !supervisor.enqueue(connection) {
