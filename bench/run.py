@@ -178,7 +178,8 @@ class Bench:
         directory = "%s/tunneld-%s" % (self.work, label)
         os.makedirs(directory)
         ports = {t: free_port() for t in TARGETS}
-        extra = "    linger = %d\n" % linger + ("    sessions = %d\n" % sessions if sessions else "")
+        # A given count is pinned (`sessions = N N`): "one session" means one, bursts included.
+        extra = "    linger = %d\n" % linger + ("    sessions = %d %d\n" % (sessions, sessions) if sessions else "")
         if jump:
             extra += "    jump = %s@127.0.0.1:%d\n" % (self.user, self.ssh_port)
         with open(directory + "/services", "w") as f:
@@ -657,7 +658,9 @@ class Bench:
         with open(directory + "/services", "w") as f:
             for name, (target, extra) in services.items():
                 ports[name] = free_port()
-                extra = "    linger = 300\n" + ("    sessions = %d\n" % sessions if sessions else "") + extra
+                # A given count is pinned (`sessions = N N`: no burst sessions beyond it), so the
+                # table shows how opens grow with sessions; the default lets bursts add sessions.
+                extra = "    linger = 300\n" + ("    sessions = %d %d\n" % (sessions, sessions) if sessions else "") + extra
                 if target is None:
                     f.write("service %s\n{\n    type = SOCKS\n    port = %d\n    server = %s@127.0.0.1:%d\n"
                             "    identity = %s/id_ed25519\n    identity_agent = none\n    known_hosts = %s/known_hosts\n%s}\n"

@@ -76,7 +76,9 @@ public struct CheckReport: Sendable {
         if !service.permit.isEmpty { options.append("permit(\(service.permit.count))") }
         if service.isPersistent { options.append("persistent") }
         if let probe = service.probeInterval { options.append("probe=\(probe.secondsText)") }
-        if service.sessions != 4 { options.append("sessions=\(service.sessions)") }
+        if service.sessions != 4 || service.mostSessions != 4 + SessionPolicy.burstAllowance {
+            options.append("sessions=\(service.sessions)" + (service.mostSessions != service.sessions + SessionPolicy.burstAllowance ? " (at most \(service.mostSessions))" : ""))
+        }
         if service.linger != 30 { options.append("linger=\(service.linger.secondsText)") }
         if service.keepalive != Keepalive() { options.append("keepalive=\(service.keepalive.interval.secondsText)x\(service.keepalive.count)") }
         if service.connectTimeout != 10 { options.append("connect_timeout=\(service.connectTimeout.secondsText)") }

@@ -63,7 +63,8 @@ public struct Service: Sendable, Equatable {
     public var permit: [PermitRule] { get { forwarding.permit } set { forwarding.permit = newValue } }
     public var linger: Double { get { policy.linger } set { policy.linger = newValue } }
     public var isPersistent: Bool { get { policy.isPersistent } set { policy.isPersistent = newValue } }
-    public var sessions: Int { get { policy.sessions } set { policy.sessions = newValue } }
+    public var sessions: Int { get { policy.sessions } set { policy.sessions = newValue; policy.mostSessions = newValue + SessionPolicy.burstAllowance } }
+    public var mostSessions: Int { get { policy.mostSessions } set { policy.mostSessions = newValue } }
     public var probeInterval: Double? { get { policy.probeInterval } set { policy.probeInterval = newValue } }
     public var keepalive: Keepalive { get { policy.keepalive } set { policy.keepalive = newValue } }
     public var connectTimeout: Double { get { policy.connectTimeout } set { policy.connectTimeout = newValue } }

@@ -178,7 +178,7 @@ extension ServiceBuilder {
     mutating func buildPolicy() -> SessionPolicy {
         let linger = values["linger"] == nil ? 30 : parse("linger") { ValueParser.seconds($0, atMost: .day) } ?? 30
         let persistent = values["persistent"] == nil ? false : parse("persistent", ValueParser.flag) ?? false
-        let sessions = values["sessions"] == nil ? 4 : parse("sessions", ValueParser.sessionCount) ?? 4
+        let (sessions, mostSessions) = resolveSessions()
         var keepalive = resolveKeepalive()
         var connectTimeout = values["connect_timeout"] == nil ? 10 : parse("connect_timeout") { ValueParser.seconds($0, allowZero: false, atMost: .tenMinutes) } ?? 10
         if let (config, _) = sshConfigHost {
@@ -204,7 +204,7 @@ extension ServiceBuilder {
             warning("probe", "probe works with persistent = yes only (a probe would keep the session up); it is ignored")
             probeInterval = nil
         }
-        return SessionPolicy(linger: linger, isPersistent: persistent, sessions: sessions, probeInterval: probeInterval,
+        return SessionPolicy(linger: linger, isPersistent: persistent, sessions: sessions, mostSessions: mostSessions, probeInterval: probeInterval,
                              keepalive: keepalive, connectTimeout: connectTimeout)
     }
 

@@ -432,6 +432,32 @@ struct ServiceBuilder {
 
     // MARK: Numbers and lists
 
+    /// `sessions = N [MOST]`: the sessions that carry connections, and how many a burst may
+    /// raise that to (N to N + 16; N + 16 by default).
+    mutating func resolveSessions() -> (Int, Int?) {
+        guard let value = values["sessions"] else { return (4, nil) }
+        let words = value.words
+        guard (1...2).contains(words.count) else {
+            error("sessions", "sessions '\(words.joined(separator: " "))' is not N [MOST], e.g. sessions = 4 or sessions = 1 1")
+            return (4, nil)
+        }
+        let count: Int
+        switch ValueParser.sessionCount(words[0]) {
+        case .success(let value):
+            count = value
+        case .failure(let message):
+            error("sessions", "sessions: \(message)")
+            return (4, nil)
+        }
+        guard words.count == 2 else { return (count, nil) }
+        let allowance = SessionPolicy.burstAllowance
+        guard let most = Int(words[1]), (count...count + allowance).contains(most) else {
+            error("sessions", "sessions MOST '\(words[1])' is not a number from \(count) to \(count + allowance): a burst may raise \(count) sessions by at most \(allowance)")
+            return (count, nil)
+        }
+        return (count, most)
+    }
+
     mutating func resolveKeepalive() -> Keepalive {
         guard let value = values["keepalive"] else { return Keepalive() }
         let words = value.words

@@ -94,12 +94,18 @@ public struct Forwarding: Sendable, Hashable {
 
 /// How a service's SSH sessions live.
 public struct SessionPolicy: Sendable, Hashable {
+    /// How many sessions beyond `sessions` a burst may start, by default and at most.
+    public static let burstAllowance = 16
+
     /// Seconds an idle session stays up after its last channel closes.
     public var linger: Double
     /// Whether the session is kept up at all times.
     public var isPersistent: Bool
     /// How many SSH sessions to the server may carry this service's connections at once.
     public var sessions: Int
+    /// How many sessions a burst of connections, or a load heavy on each session, may
+    /// raise that to (`sessions = N MOST`); `sessions` + 16 unless the stanza says.
+    public var mostSessions: Int
     /// Seconds between health probes of the target (persistent services), if probed.
     public var probeInterval: Double?
     /// SSH-level liveness checking.
@@ -108,12 +114,13 @@ public struct SessionPolicy: Sendable, Hashable {
     public var connectTimeout: Double
 
     public init(
-        linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4, probeInterval: Double? = nil,
+        linger: Double = 30, isPersistent: Bool = false, sessions: Int = 4, mostSessions: Int? = nil, probeInterval: Double? = nil,
         keepalive: Keepalive = Keepalive(), connectTimeout: Double = 10
     ) {
         self.linger = linger
         self.isPersistent = isPersistent
         self.sessions = sessions
+        self.mostSessions = mostSessions ?? sessions + SessionPolicy.burstAllowance
         self.probeInterval = probeInterval
         self.keepalive = keepalive
         self.connectTimeout = connectTimeout

@@ -108,6 +108,11 @@ final class AttributeTests: XCTestCase {
         XCTAssertEqual(service("persistent = maybe").1.first, "ROOT/conf:6: error: s: persistent: 'maybe' is not yes or no")
         XCTAssertEqual(service("sessions = 0").1.first, "ROOT/conf:6: error: s: sessions: '0' is not a session count; use 1 to 64")
         XCTAssertEqual(service("sessions = 2").0?.sessions, 2)
+        XCTAssertEqual(service("sessions = 2").0?.mostSessions, 18, "a burst may add 16")
+        XCTAssertEqual(service("sessions = 1 1").0?.mostSessions, 1, "pinned: no burst sessions")
+        XCTAssertEqual(service("sessions = 4 8").0?.mostSessions, 8)
+        XCTAssertEqual(service("sessions = 4 30").1.first, "ROOT/conf:6: error: s: sessions MOST '30' is not a number from 4 to 20: a burst may raise 4 sessions by at most 16")
+        XCTAssertEqual(service("sessions = 1 2 3").1.first, "ROOT/conf:6: error: s: sessions '1 2 3' is not N [MOST], e.g. sessions = 4 or sessions = 1 1")
         XCTAssertEqual(service("linger = 1 2").1.first, "ROOT/conf:6: error: s: linger takes one value, not 2: 1 2")
         XCTAssertEqual(service("host_key = loose").1.first, "ROOT/conf:6: error: s: host_key 'loose' is not strict or accept-new")
     }

@@ -12,7 +12,7 @@ final class ServerSessionsTests: XCTestCase {
     private let good = Endpoint(host: "localhost", port: 7)
     private let route = RouteFacts(interface: 2, source: "192.0.2.10", gateway: "192.0.2.1", isLinkUp: true)
 
-    private func core(sessions: Int = 4, persistent: Bool = false) -> Core {
+    private func core(sessions: Int = 4, most: Int? = nil, persistent: Bool = false) -> Core {
         var service = Service(
             name: "mail", location: SourceLocation(file: "test.conf", line: 1),
             listening: Listening(address: Endpoint(host: "127.0.0.1", port: 7777)),
@@ -20,6 +20,7 @@ final class ServerSessionsTests: XCTestCase {
             forwarding: Forwarding(target: mail),
             policy: SessionPolicy(isPersistent: persistent))
         service.sessions = sessions
+        if let most { service.mostSessions = most }
         return Core(settings: SessionSettings(key: service.sessionKey, services: [service]))
     }
 
@@ -398,6 +399,16 @@ final class ServerSessionsTests: XCTestCase {
         // A queue that would be served within connect_timeout still takes the client.
         busy(&core, 2, waiting: 100, answer: 0.05)
         XCTAssertEqual(describe(arrive(&core, "later", to: mail)), ["hand later 2"])
+    }
+
+    func testPinnedSessionsStartNoBurstSessionAndRefuseOverloadAtOnce() {
+        var core = core(sessions: 1, most: 1)
+        _ = arrive(&core, "a", to: mail)
+        up(&core, 1, load: 1)
+        busy(&core, 1, waiting: 500, answer: 0.001)
+        XCTAssertEqual(describe(arrive(&core, "b", to: mail)), ["hand b 1"], "0.5 s to wait, but sessions = 1 1")
+        busy(&core, 1, waiting: 500, answer: 0.05)
+        XCTAssertTrue(describe(arrive(&core, "c", to: mail))[0].hasPrefix("refuse c overloaded: 500 clients wait"), "25 s to wait is refused at once")
     }
 
     func testTheOpenRateCountsTheLastSecond() {

@@ -391,7 +391,7 @@ struct ServerSessions<Client> {
         }
         let shortest = candidates.min { expectedWait(at: $0, now: now) < expectedWait(at: $1, now: now) }
         let wait = shortest.map { expectedWait(at: $0, now: now) } ?? .infinity
-        if refusal == nil && sessions.count < hardCap
+        if refusal == nil && sessions.count < min(hardCap, settings.mostSessions)
             && sessions.values.filter({ $0.phase == .connecting }).count < Self.burstConnects {
             let id = startSession(isPersistent: false, now: now, into: &commands)
             sessions[id]!.isBurst = true

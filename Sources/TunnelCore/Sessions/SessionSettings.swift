@@ -11,6 +11,8 @@ struct SessionSettings: Equatable, Sendable {
     var connectTimeout: Double
     /// How many sessions to the server may run at once.
     var maxSessions: Int
+    /// How many a burst, or a heavy load on each, may raise that to.
+    var mostSessions: Int
     /// Health probes of targets, run by the persistent session.
     var healthChecks: [HealthCheck]
 
@@ -27,6 +29,7 @@ struct SessionSettings: Equatable, Sendable {
         keepalive = all.map(\.keepalive).min(by: { $0.interval < $1.interval }) ?? Keepalive()
         connectTimeout = all.map(\.connectTimeout).max() ?? 10
         maxSessions = all.map(\.sessions).max() ?? 4
+        mostSessions = max(maxSessions, all.map(\.mostSessions).max() ?? maxSessions + SessionPolicy.burstAllowance)
         healthChecks = services.compactMap { service in
             service.probeInterval.map { HealthCheck(service: service.name, target: service.target, interval: $0) }
         }
