@@ -194,7 +194,7 @@ struct ChannelOpener {
         answered += 1
         guard !open.isAbandoned else { return }
         let seconds = (now - open.startedAt).seconds
-        answerSeconds = answerSeconds.map { $0 * 0.8 + seconds * 0.2 } ?? seconds
+        answerSeconds = answerSeconds.map { $0 * 0.9 + seconds * 0.1 } ?? seconds
     }
 
     /// When the open under way is given up for whoever asked: a client's own deadline, a

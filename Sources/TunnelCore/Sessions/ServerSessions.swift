@@ -143,6 +143,8 @@ struct ServerSessions<Client> {
         var isBurst = false
         /// When it was started, while it connects.
         var startedAt: ContinuousClock.Instant?
+        /// Its opens answered in the last second.
+        var answerRate = TenthsCounter()
 
         /// Whether its open under way has waited past the stuck bound at `now`.
         func isStuck(at now: ContinuousClock.Instant) -> Bool {
@@ -229,7 +231,10 @@ struct ServerSessions<Client> {
             guard sessions[id] != nil else { break }
             sessions[id]!.load = load
             let answeredNow = opens.answered - sessions[id]!.opens.answered
-            if answeredNow > 0 { answerRate.add(answeredNow, at: now) }
+            if answeredNow > 0 {
+                answerRate.add(answeredNow, at: now)
+                sessions[id]!.answerRate.add(answeredNow, at: now)
+            }
             if let seconds = opens.answerSeconds { answerSeconds = seconds }
             sessions[id]!.opens = opens
             sessions[id]!.openUnderWay = open
@@ -399,14 +404,26 @@ struct ServerSessions<Client> {
             hand(client, to: id, into: &commands)
             return
         }
-        if let shortest, wait <= settings.openTimeout {
-            hand(client, to: shortest, into: &commands)
+        // Refusing is for a wait that is sure to pass connect_timeout: the answer time of one
+        // open varies, so the wait is also judged by the opens answered in the last second,
+        // and the shorter estimate decides.
+        let steady = candidates.min { steadyWait(at: $0, now: now) < steadyWait(at: $1, now: now) }
+        if let steady, min(wait, steadyWait(at: steady, now: now)) <= settings.openTimeout {
+            hand(client, to: wait <= settings.openTimeout ? shortest! : steady, into: &commands)
             return
         }
         overloadRefusals += 1
         let waiting = sessions.values.reduce(0) { $0 + $1.opens.waiting }
         commands.append(.refuse(client, reason: "overloaded: \(waiting) clients wait for a channel to \(settings.key.server) on \(sessions.count) sessions, "
             + "and this one would wait about \(Self.secondsText(wait)) s, past connect_timeout (\(settings.openTimeout.secondsText) s)"))
+    }
+
+    /// The wait at session `id` judged by its opens answered in the last second (as long as
+    /// `expectedWait` when it answered too few to judge).
+    private func steadyWait(at id: SessionID, now: ContinuousClock.Instant) -> Double {
+        let answered = sessions[id]!.answerRate.lastSecond(at: now)
+        guard answered >= 20 else { return expectedWait(at: id, now: now) }
+        return min(expectedWait(at: id, now: now), Double(sessions[id]!.opens.waiting) / Double(answered))
     }
 
     /// Whether session `id` takes a client without more ado: its client would wait less than
@@ -480,7 +497,7 @@ struct ServerSessions<Client> {
         sessions.keys.filter { sessions[$0]!.phase == .up && !sessions[$0]!.isStuck(at: now) }.map { expectedWait(at: $0, now: now) }.min()
     }
     /// Opens answered per second, over the last second.
-    mutating func opensPerSecond(at now: ContinuousClock.Instant) -> Int {
+    func opensPerSecond(at now: ContinuousClock.Instant) -> Int {
         answerRate.lastSecond(at: now)
     }
     /// Burst sessions now.
@@ -488,33 +505,31 @@ struct ServerSessions<Client> {
 }
 
 /// Counts events in the last second, in ten buckets of a tenth: O(1) to add and to read.
-struct TenthsCounter {
-    private var buckets = [Int](repeating: 0, count: 10)
+struct TenthsCounter: Equatable {
+    /// Per bucket: the tenth (since `origin`) it counts, and its count.
+    private var buckets = [(tenth: Int, count: Int)](repeating: (-1, 0), count: 10)
     private var origin: ContinuousClock.Instant?
-    /// The tenth (since `origin`) the newest bucket stands for.
-    private var newest = 0
+
+    static func == (a: TenthsCounter, b: TenthsCounter) -> Bool {
+        a.origin == b.origin && a.buckets.elementsEqual(b.buckets) { $0.tenth == $1.tenth && $0.count == $1.count }
+    }
 
     mutating func add(_ count: Int, at now: ContinuousClock.Instant) {
-        let tenth = advance(to: now)
-        buckets[tenth % 10] += count
+        if origin == nil { origin = now }
+        let tenth = self.tenth(of: now)
+        let index = tenth % 10
+        if buckets[index].tenth != tenth { buckets[index] = (tenth, 0) }
+        buckets[index].count += count
     }
 
     /// Events in the last second.
-    mutating func lastSecond(at now: ContinuousClock.Instant) -> Int {
-        _ = advance(to: now)
-        return buckets.reduce(0, +)
+    func lastSecond(at now: ContinuousClock.Instant) -> Int {
+        guard origin != nil else { return 0 }
+        let current = tenth(of: now)
+        return buckets.reduce(0) { $0 + ($1.tenth > current - 10 && $1.tenth <= current ? $1.count : 0) }
     }
 
-    private mutating func advance(to now: ContinuousClock.Instant) -> Int {
-        let origin = origin ?? now
-        self.origin = origin
-        let tenth = max(newest, Int((now - origin).seconds * 10))
-        if tenth - newest >= 10 {
-            buckets = [Int](repeating: 0, count: 10)
-        } else if tenth > newest {
-            for stale in (newest + 1)...tenth { buckets[stale % 10] = 0 }
-        }
-        newest = tenth
-        return tenth
+    private func tenth(of now: ContinuousClock.Instant) -> Int {
+        max(0, Int((now - (origin ?? now)).seconds * 10))
     }
 }

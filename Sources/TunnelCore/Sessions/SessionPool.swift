@@ -272,7 +272,7 @@ final class SessionPool: @unchecked Sendable {
                 connectFailures: core.connectFailures, lastError: core.backoff.lastError, lastErrorAt: server.lastErrorAt)
             status.opens = StatusReport.OpenQueue(
                 waiting: core.waitingForChannel, waitSeconds: core.nextClientWait(at: now),
-                perSecond: state.servers[key]!.core.opensPerSecond(at: now),
+                perSecond: core.opensPerSecond(at: now),
                 burstSessions: core.burstSessions, overloadRefusals: core.overloadRefusals)
             if let wait = core.backoff.wait(now: now), up == 0 {
                 status.state = .backingOff
