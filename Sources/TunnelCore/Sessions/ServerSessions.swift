@@ -408,13 +408,13 @@ struct ServerSessions<Client> {
         // open varies, so the wait is also judged by the opens answered in the last second,
         // and the shorter estimate decides.
         let steady = candidates.min { steadyWait(at: $0, now: now) < steadyWait(at: $1, now: now) }
-        if let steady, min(wait, steadyWait(at: steady, now: now)) <= settings.openTimeout {
+        // (A steady wait is never longer than the expected one, so `steady`'s is the shortest.)
+        if let steady, steadyWait(at: steady, now: now) <= settings.openTimeout {
             hand(client, to: wait <= settings.openTimeout ? shortest! : steady, into: &commands)
             return
         }
         overloadRefusals += 1
-        let waiting = sessions.values.reduce(0) { $0 + $1.opens.waiting }
-        commands.append(.refuse(client, reason: "overloaded: \(waiting) clients wait for a channel to \(settings.key.server) on \(sessions.count) sessions, "
+        commands.append(.refuse(client, reason: "overloaded: \(waitingForChannel) clients wait for a channel to \(settings.key.server) on \(sessions.count) sessions, "
             + "and this one would wait about \(Self.secondsText(wait)) s, past connect_timeout (\(settings.openTimeout.secondsText) s)"))
     }
 

@@ -64,6 +64,8 @@ final class SessionEventLoop {
     private var found = SessionReadiness.Found()
     /// The session's received-byte count when its channels were last asked for input.
     private var askedAtReceived = -1
+    /// The session's received-byte count when libssh2 last filed everything it had read.
+    private var filedAtReceived = -1
     /// Channels were left with work when the last pass's bound was reached.
     private var isChannelWorkLeft = false
     private var idleSince: ContinuousClock.Instant?
@@ -196,7 +198,7 @@ final class SessionEventLoop {
             if session.isPeerClosed { return die("the server closed the connection") }
             if sessionEvents & Int16(POLLIN) != 0 {
                 // Bytes wait in the socket: libssh2 reads them only when asked.
-                try anyChannel?.fileArrivedPackets()
+                try fileArrivedPackets()
             }
 
             try progressOpens()
@@ -244,8 +246,9 @@ final class SessionEventLoop {
             }
             if session.receivedCount != askedAtReceived {
                 // An open's answer, a probe's or a close's is read packet by packet, and
-                // what came after it may still be unparsed in libssh2's buffer: file it all.
-                try anyChannel?.fileArrivedPackets()
+                // what came after it may still be unparsed in libssh2's buffer: file it all,
+                // unless nothing was read since it last was.
+                if session.receivedCount != filedAtReceived { try fileArrivedPackets() }
                 askedAtReceived = session.receivedCount
                 isReadLeft = false
                 for case let slot? in slots {
@@ -403,6 +406,13 @@ final class SessionEventLoop {
     }
 
     // MARK: Connections
+
+    /// Has libssh2 read the socket and file every packet, through any live channel.
+    private func fileArrivedPackets() throws {
+        guard let channel = anyChannel else { return }
+        try channel.fileArrivedPackets()
+        filedAtReceived = session.receivedCount
+    }
 
     /// A channel of a live connection, if any.
     private var anyChannel: (any TunnelChannel)? {
